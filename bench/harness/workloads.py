@@ -1,0 +1,276 @@
+"""The four workloads, CPU calibration, and one measured case.
+
+A case is one workload against one server: start the server on a free
+port, wait until it answers, check one response body, warm up, run wrk
+`repeats` times, and stop the server.
+"""
+
+import hashlib
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.process import ServerProcess, free_port
+from harness.servers import APPS_DIR, BENCH_DIR, NUM_WORKERS, ServerSpec, server_env
+from harness.wrk import WrkResult, run_wrk
+
+sys.path.insert(0, str(APPS_DIR))
+from cpu_work import burn  # noqa: E402
+
+UPLOAD_SIZE = 1024 * 1024
+# The same bytes that wrk/post_1mib.lua posts.
+UPLOAD_BODY = b"x" * UPLOAD_SIZE
+UPLOAD_SCRIPT = BENCH_DIR / "wrk" / "post_1mib.lua"
+
+
+@dataclass
+class Workload:
+    """One workload: the request wrk sends and the servers it runs against.
+
+    `kind` selects how rows are compared: "throughput" divides workgate's
+    req/s by each other server's, "cpu" divides each server's req/s by the
+    cores' limit, and "latency" subtracts uvicorn's percentiles from
+    workgate's.
+    """
+
+    key: str
+    number: int
+    title: str
+    kind: str
+    method: str
+    path: str
+    connections: int
+    servers: tuple[str, ...]
+    expected: dict
+    body: bytes | None = None
+    script: Path | None = None
+    latency: bool = False
+
+
+@dataclass
+class Calibration:
+    """Loop count for the CPU workload and the time one call took."""
+
+    loops: int
+    per_call_ms: float
+    cores: int
+
+    @property
+    def core_limit_rps(self) -> float:
+        """Return the cores' limit: usable cores / time of one call."""
+        return min(NUM_WORKERS, self.cores) * 1000.0 / self.per_call_ms
+
+
+@dataclass
+class Settings:
+    """Options that apply to every case; durations are in whole seconds."""
+
+    duration: int
+    warmup: int
+    repeats: int
+    startup_timeout: float
+    log_dir: Path
+
+
+@dataclass
+class CaseResult:
+    """Outcome of one workload against one server."""
+
+    server: str
+    label: str
+    stand_in: bool
+    runs: list[WrkResult] = field(default_factory=list)
+    error: str | None = None
+    # 1, 5 and 15 minute load averages just before the server started; a
+    # high value means other work on the machine competed with the run.
+    load_before: tuple[float, float, float] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.runs)
+
+    def median(self, attribute: str) -> float | None:
+        values = [getattr(run, attribute) for run in self.runs]
+        values = [value for value in values if value is not None]
+        return statistics.median(values) if values else None
+
+    @property
+    def failed_responses(self) -> int:
+        """Return non-2xx responses plus socket errors over all runs."""
+        return sum(run.non_2xx + run.socket_errors for run in self.runs)
+
+    def to_dict(self) -> dict:
+        return {
+            "server": self.server,
+            "label": self.label,
+            "stand_in": self.stand_in,
+            "error": self.error,
+            "median_requests_per_sec": self.median("requests_per_sec"),
+            "median_p50_us": self.median("p50_us"),
+            "median_p99_us": self.median("p99_us"),
+            "failed_responses": self.failed_responses,
+            "load_before": self.load_before,
+            "runs": [run.to_dict() for run in self.runs],
+        }
+
+
+def calibrate(target_ms: float) -> Calibration:
+    """Find the loop count for which one `burn` call takes `target_ms`."""
+    loops = 1_000
+    while True:
+        started = time.perf_counter()
+        burn(loops)
+        elapsed = time.perf_counter() - started
+        if elapsed >= 0.05:
+            break
+        loops *= 2
+    loops = max(1, round(loops * target_ms / 1000.0 / elapsed))
+
+    timings = []
+    for _ in range(40):
+        started = time.perf_counter()
+        burn(loops)
+        timings.append(time.perf_counter() - started)
+    return Calibration(
+        loops=loops,
+        per_call_ms=statistics.median(timings) * 1000.0,
+        cores=len(os.sched_getaffinity(0)),
+    )
+
+
+def build_workloads(cpu_loops: int) -> list[Workload]:
+    """Return the workloads in run order; `cpu_loops` sets the CPU handler."""
+    return [
+        Workload(
+            key="hello",
+            number=1,
+            title="JSON hello, keep-alive, wrk -t1 -c32",
+            kind="throughput",
+            method="GET",
+            path="/hello",
+            connections=32,
+            servers=("workgate", "uhttp-workers", "uvicorn", "gunicorn", "nginx"),
+            expected={"hello": "world"},
+        ),
+        Workload(
+            key="upload",
+            number=2,
+            title="1 MiB POST, SHA-256 of the body, wrk -t1 -c8",
+            kind="throughput",
+            method="POST",
+            path="/sha256",
+            connections=8,
+            servers=("workgate", "uhttp-workers", "uvicorn", "gunicorn"),
+            expected={"sha256": hashlib.sha256(UPLOAD_BODY).hexdigest()},
+            body=UPLOAD_BODY,
+            script=UPLOAD_SCRIPT,
+        ),
+        Workload(
+            key="cpu",
+            number=3,
+            title="CPU-bound handler (~5 ms), wrk -t1 -c8",
+            kind="cpu",
+            method="GET",
+            path="/cpu",
+            connections=8,
+            servers=("workgate", "uhttp-workers", "gunicorn"),
+            expected={"result": burn(cpu_loops)},
+        ),
+        Workload(
+            key="latency",
+            number=4,
+            title="JSON hello latency, wrk -t1 -c1 --latency",
+            kind="latency",
+            method="GET",
+            path="/hello",
+            connections=1,
+            servers=("workgate", "uvicorn"),
+            expected={"hello": "world"},
+            latency=True,
+        ),
+        # TODO: workload 5, SSE fan-out, goes here once workgate streams.
+    ]
+
+
+def check_response(workload: Workload, port: int) -> None:
+    """Send the workload's request once; raise RuntimeError on a wrong answer."""
+    headers = {}
+    if workload.body is not None:
+        headers["Content-Type"] = "application/octet-stream"
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(workload.method, workload.path, body=workload.body, headers=headers)
+        response = conn.getresponse()
+        raw = response.read()
+    finally:
+        conn.close()
+
+    if response.status != 200:
+        raise RuntimeError(
+            f"{workload.method} {workload.path} returned status {response.status}: {raw[:200]!r}"
+        )
+    try:
+        answer = json.loads(raw)
+    except ValueError as err:
+        raise RuntimeError(
+            f"{workload.method} {workload.path} returned invalid JSON ({err}): {raw[:200]!r}"
+        ) from err
+    if answer != workload.expected:
+        raise RuntimeError(
+            f"{workload.method} {workload.path} returned {answer!r}, expected {workload.expected!r}"
+        )
+
+
+def run_case(
+    workload: Workload, spec: ServerSpec, settings: Settings, cpu_loops: int
+) -> CaseResult:
+    """Measure `workload` against the server `spec`; errors go into the result."""
+    result = CaseResult(server=spec.key, label=spec.label, stand_in=spec.stand_in)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}{workload.path}"
+    log_path = settings.log_dir / f"{workload.key}-{spec.key}.log"
+    result.load_before = os.getloadavg()
+
+    with tempfile.TemporaryDirectory(prefix="workgate-bench-") as scratch:
+        server = ServerProcess(
+            spec.argv(port, Path(scratch)),
+            cwd=APPS_DIR,
+            env=server_env(spec, cpu_loops),
+            log_path=log_path,
+        )
+        try:
+            server.wait_ready(port, "/hello", settings.startup_timeout)
+            check_response(workload, port)
+
+            def measure(duration: int) -> WrkResult:
+                return run_wrk(
+                    url,
+                    threads=1,
+                    connections=workload.connections,
+                    duration=duration,
+                    script=workload.script,
+                    latency=workload.latency,
+                )
+
+            if settings.warmup > 0:
+                measure(settings.warmup)
+            for _ in range(settings.repeats):
+                result.runs.append(measure(settings.duration))
+        except (
+            RuntimeError,
+            ValueError,
+            OSError,
+            http.client.HTTPException,
+            subprocess.SubprocessError,
+        ) as err:
+            result.error = f"{err} (server log: {log_path})"
+        finally:
+            server.stop()
+    return result

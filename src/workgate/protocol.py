@@ -1,0 +1,684 @@
+"""The dispatcher's HTTP/1.x connection protocol, on httptools.
+
+Rules this module keeps:
+
+- Requests on one connection are answered in the order they arrived.
+  Pipelined requests are parsed as they come and wait in a small queue;
+  only the head of the queue is *active*, and only the active request can
+  write to the transport. At most ``MAX_PIPELINED`` complete requests wait;
+  past that, reading pauses.
+- Every parser error becomes 400 (505 for an unsupported HTTP version),
+  sent in order after the responses already owed, and the connection then
+  closes. A request the parser rejected never reaches a handler.
+- Limits: request target length (414), header count and header block size
+  (431), body size (413, checked from Content-Length before reading the
+  body, and while reading a chunked body), time to receive the headers and
+  the body (408, then close), idle keep-alive time (silent close).
+- A stream (Server-Sent Events, NDJSON, raw chunks) uses chunked transfer
+  coding on HTTP/1.1 and ends by closing the connection on HTTP/1.0. When a
+  stream's unsent bytes pass ``stream_buffer_limit`` the client is too
+  slow: the connection is closed and the stream counts as disconnected.
+- Deadlines are checked by the dispatcher's periodic sweep (``check_deadline``),
+  so a request costs one float store instead of a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from .model import TEXT_TYPE, encode_body, format_cookie, format_event, parse_body
+from .routing import normalize_path, parse_query
+
+if TYPE_CHECKING:
+    from .dispatcher import Dispatcher, Settings
+
+MAX_PIPELINED = 16
+_FILE_CHUNK = 256 * 1024
+_SMALL_BODY = 64 * 1024
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+
+_CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
+_ILLEGAL_VALUE = str.maketrans('', '', '\r\n\x00')
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789"
+                         'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ')
+
+
+def _status_line(status: int, version: bytes) -> bytes:
+    key = (status, version)
+    line = _STATUS_LINES.get(key)
+    if line is None:
+        reason = _REASONS.get(status, 'Unknown')
+        line = b'HTTP/%s %d %s\r\n' % (version, status, reason.encode())
+        if len(_STATUS_LINES) < 512:
+            _STATUS_LINES[key] = line
+    return line
+
+
+class _DateCache:
+    """The Date header value, formatted once per second."""
+
+    second = -1
+    value = b''
+
+    @classmethod
+    def get(cls) -> bytes:
+        now = time.time()
+        second = int(now)
+        if second != cls.second:
+            cls.second = second
+            cls.value = b'date: ' + formatdate(now, usegmt=True).encode() + b'\r\n'
+        return cls.value
+
+
+def check_header(name: str, value: Any) -> tuple[str, str]:
+    """Validate one response header; raise ValueError for an unsafe one."""
+    name = str(name)
+    if not name or any(c not in _TOKEN_CHARS for c in name):
+        raise ValueError(f'invalid response header name {name!r}')
+    text = str(value)
+    if text.translate(_ILLEGAL_VALUE) != text:
+        raise ValueError(f'response header {name!r} contains CR, LF or NUL')
+    return name, text
+
+
+def build_head(status: int, version: bytes, headers: Any, cookies: Any,
+               content_type: str | None, length: int | None, keep_alive: bool,
+               chunked: bool = False) -> bytes:
+    """Build the status line and header block of a response.
+
+    ``headers`` is a dict or a list of pairs set by the application; a
+    Content-Type there wins over ``content_type``. Content-Length,
+    Transfer-Encoding, Connection and Date are always set here.
+    """
+    parts = [_status_line(status, version)]
+    has_type = False
+    if headers:
+        items = headers.items() if hasattr(headers, 'items') else headers
+        for name, value in items:
+            name, value = check_header(name, value)
+            lower = name.lower()
+            if lower in ('content-length', 'transfer-encoding', 'connection', 'date'):
+                continue
+            if lower == 'content-type':
+                has_type = True
+            parts.append(f'{name}: {value}\r\n'.encode('latin-1', 'replace'))
+    if cookies:
+        for cookie_name, cookie_value in cookies.items():
+            _, text = check_header('set-cookie', format_cookie(cookie_name, cookie_value))
+            parts.append(f'set-cookie: {text}\r\n'.encode('latin-1', 'replace'))
+    if content_type and not has_type:
+        parts.append(b'content-type: ' + content_type.encode('latin-1') + b'\r\n')
+    if chunked:
+        parts.append(b'transfer-encoding: chunked\r\n')
+    elif length is not None:
+        parts.append(b'content-length: %d\r\n' % length)
+    parts.append(_DateCache.get())
+    if not keep_alive:
+        parts.append(b'connection: close\r\n')
+    elif version == b'1.0':
+        parts.append(b'connection: keep-alive\r\n')
+    parts.append(b'\r\n')
+    return b''.join(parts)
+
+
+def error_body(message: str) -> bytes:
+    return b'{"error":"' + message.encode() + b'"}'
+
+
+class ClientConnection:
+    """One request on a client connection, as the dispatcher's code sees it.
+
+    Exposes the request (``method``, ``path``, ``query``, ``headers`` with
+    lower-case keys, ``cookies``, ``body``, ``data``, ``content_type``,
+    ``remote_address``, ``is_secure``) and the ways to answer it. Each
+    ``respond*`` call answers once; later calls are ignored and return False.
+    """
+
+    __slots__ = ('_protocol', 'method', 'path', 'raw_path', 'query_string',
+                 '_query', 'headers', 'body', '_data', '_parsed', '_cookies',
+                 'http_version', 'keep_alive', 'expect_continue', 'request_id',
+                 'started', 'responded', 'streaming', 'status', 'stream_owner',
+                 'response_bytes', 'head_only', 'error', 'pending', '__weakref__')
+
+    def __init__(self, protocol: HttpProtocol):
+        self._protocol = protocol
+        self.method = ''
+        self.path = '/'
+        self.raw_path = '/'
+        self.query_string = ''
+        self._query = None
+        self.headers: dict[str, str] = {}
+        self.body = b''
+        self._data = None
+        self._parsed = False
+        self._cookies = None
+        self.http_version = b'1.1'
+        self.keep_alive = True
+        self.expect_continue = False
+        self.request_id: int | None = None
+        self.started = 0.0
+        self.responded = False
+        self.streaming = False
+        self.status = 0
+        self.stream_owner = None
+        self.response_bytes = 0
+        self.head_only = False
+        self.error: tuple[int, str] | None = None
+        self.pending = None
+
+    # -- request ----------------------------------------------------------
+
+    @property
+    def query(self) -> dict | None:
+        if self._query is None and self.query_string:
+            self._query = parse_query(self.query_string)
+        return self._query
+
+    @property
+    def data(self) -> Any:
+        if not self._parsed:
+            self._data = parse_body(self.body, self.headers.get('content-type'))
+            self._parsed = True
+        return self._data
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get('content-type', '')
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        if self._cookies is None:
+            from .model import parse_cookies
+            self._cookies = parse_cookies(self.headers.get('cookie'))
+        return self._cookies
+
+    @property
+    def socket_address(self) -> str | None:
+        return self._protocol.peer
+
+    @property
+    def remote_address(self) -> str | None:
+        protocol = self._protocol
+        if protocol.trusted_peer:
+            forwarded = self.headers.get('x-forwarded-for')
+            if forwarded:
+                return forwarded.split(',')[0].strip()
+        return protocol.peer
+
+    address = remote_address
+
+    @property
+    def is_secure(self) -> bool:
+        return self._protocol.is_secure
+
+    @property
+    def connection_closed(self) -> bool:
+        return self._protocol.closed
+
+    # -- answers ----------------------------------------------------------
+
+    def respond(self, data: Any = None, status: int = 200, headers: Any = None,
+                cookies: dict | None = None) -> bool:
+        """Answer with ``data`` (encoded like a worker's return value)."""
+        body, content_type = encode_body(data)
+        return self._protocol.send_response(self, status, headers, cookies, body, content_type)
+
+    def respond_redirect(self, url: str, status: int = 302,
+                         cookies: dict | None = None) -> bool:
+        return self.respond(None, status, {'Location': url}, cookies)
+
+    def respond_file(self, path: str, headers: dict | None = None) -> bool:
+        """Answer with a file, honouring conditional and range headers."""
+        from .static import prepare_file
+        return self._protocol.send_static(self, prepare_file(
+            path, self.method, self.headers, headers))
+
+    def response_stream(self, content_type: str | None = None, headers: Any = None,
+                        cookies: dict | None = None) -> bool:
+        return self._protocol.start_stream(
+            self, content_type or 'text/event-stream', headers, cookies)
+
+    def response_ndjson(self, headers: Any = None, cookies: dict | None = None) -> bool:
+        return self.response_stream('application/x-ndjson', headers, cookies)
+
+    def send_chunk(self, data: str | bytes) -> bool:
+        if isinstance(data, str):
+            data = data.encode()
+        return self._protocol.stream_write(self, data)
+
+    def send_event(self, data: Any = None, event: str | None = None,
+                   event_id: Any = None, retry: int | None = None) -> bool:
+        return self._protocol.stream_write(self, format_event(data, event, event_id, retry))
+
+    def send_ndjson(self, obj: Any) -> bool:
+        import json
+        return self._protocol.stream_write(
+            self, (json.dumps(obj, separators=(',', ':')) + '\n').encode())
+
+    def response_stream_end(self) -> bool:
+        return self._protocol.end_stream(self)
+
+    def __repr__(self) -> str:
+        return f'<ClientConnection {self.method} {self.path} from {self._protocol.peer}>'
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection: parsing, ordering, limits and writing."""
+
+    def __init__(self, dispatcher: Dispatcher, settings: Settings, is_secure: bool):
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self.is_secure = is_secure
+        self.loop = dispatcher._loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer: str | None = None
+        self.trusted_peer = False
+        self.closed = False
+        self.queue: list[ClientConnection] = []
+        self.active: ClientConnection | None = None
+        self.parsing: ClientConnection | None = None
+        self.url = b''
+        self.header_bytes = 0
+        self.header_count = 0
+        self.body_parts: list[bytes] = []
+        self.body_size = 0
+        self.deadline = 0.0
+        self.deadline_status = 0
+        self.reading_paused = False
+        self.writing_paused = False
+        self.drain_waiter: asyncio.Future | None = None
+        self.close_after = False
+        self.requests_served = 0
+
+    # -- connection events ------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info('peername')
+        if isinstance(peer, tuple) and peer:
+            host = peer[0]
+            if host.startswith('::ffff:'):
+                host = host[7:]
+            self.peer = f'[{host}]:{peer[1]}' if ':' in host else f'{host}:{peer[1]}'
+            self.trusted_peer = host in self.settings.trusted_proxies
+        else:
+            self.peer = str(peer) if peer else None
+        dispatcher = self.dispatcher
+        if len(dispatcher._connections) >= self.settings.max_connections:
+            dispatcher._count_rejected_connection()
+            transport.write(build_head(503, b'1.1', None, None, 'application/json',
+                                       36, False) + error_body('Too many open connections'))
+            transport.close()
+            self.closed = True
+            return
+        dispatcher._connections.add(self)
+        self.set_deadline(self.settings.keepalive_timeout, 0)
+
+    def connection_lost(self, exc) -> None:
+        if self.closed and self not in self.dispatcher._connections:
+            return
+        self.closed = True
+        self.transport = None
+        self.dispatcher._connections.discard(self)
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        active = self.active
+        self.active = None
+        self.queue.clear()
+        if active is not None and (not active.responded or active.streaming):
+            self.dispatcher._client_gone(active)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed or self.close_after and self.parsing is None and not self.queue:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as err:
+            failure = self.parsing.error if self.parsing and self.parsing.error else None
+            self.fail(*(failure or (400, 'Invalid request')), cause=err)
+        except httptools.HttpParserUpgrade:
+            # The request was parsed; no protocol switch is offered, so the
+            # bytes after it belong to a protocol we do not speak.
+            self.close_after = True
+        except httptools.HttpParserInvalidMethodError as err:
+            self.fail(400, 'Invalid request method', cause=err)
+        except httptools.HttpParserError as err:
+            text = str(err)
+            if 'version' in text.lower():
+                self.fail(505, 'HTTP version not supported', cause=err)
+            else:
+                self.fail(400, 'Invalid request', cause=err)
+
+    # -- parser callbacks -------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        client = ClientConnection(self)
+        self.parsing = client
+        self.url = b''
+        self.header_bytes = 0
+        self.header_count = 0
+        self.body_parts = []
+        self.body_size = 0
+        client.started = time.monotonic()
+        self.set_deadline(self.settings.header_timeout, 408)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.settings.max_url_length:
+            self.parsing.error = (414, 'Request target too long')
+            raise ValueError('url too long')
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        self.header_bytes += len(name) + len(value) + 4
+        settings = self.settings
+        if self.header_count > settings.max_headers or self.header_bytes > settings.max_header_size:
+            self.parsing.error = (431, 'Request header fields too large')
+            raise ValueError('headers too large')
+        key = name.decode('latin-1').lower()
+        text = value.decode('latin-1').strip()
+        headers = self.parsing.headers
+        if key in headers:
+            if key == 'host':
+                self.parsing.error = (400, 'Duplicate Host header')
+                raise ValueError('duplicate host')
+            headers[key] += ('; ' if key == 'cookie' else ', ') + text
+        else:
+            headers[key] = text
+
+    def on_headers_complete(self) -> None:
+        client = self.parsing
+        parser = self.parser
+        version = parser.get_http_version()
+        if version not in ('1.1', '1.0'):
+            client.error = (505, 'HTTP version not supported')
+            raise ValueError('version')
+        client.http_version = version.encode()
+        client.method = parser.get_method().decode('ascii', 'replace')
+        client.keep_alive = parser.should_keep_alive()
+        self.split_target(client)
+        if client.error:
+            raise ValueError('target')
+        headers = client.headers
+        settings = self.settings
+        length = headers.get('content-length')
+        if length is not None and length.isdigit() and int(length) > settings.max_content_length:
+            client.error = (413, 'Request body too large')
+            raise ValueError('body too large')
+        expect = headers.get('expect')
+        if expect is not None:
+            if expect.lower() != '100-continue':
+                client.error = (417, 'Unsupported Expect header')
+                raise ValueError('expect')
+            client.expect_continue = client.http_version == b'1.1'
+        if client.method == 'HEAD':
+            client.head_only = True
+        self.set_deadline(settings.body_timeout, 408)
+
+    def split_target(self, client: ClientConnection) -> None:
+        url = self.url
+        if not url.startswith(b'/'):
+            if url == b'*' and client.method == 'OPTIONS':
+                client.raw_path = client.path = '*'
+                return
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                client.error = (400, 'Invalid request target')
+                return
+            path = parsed.path or b'/'
+            query = parsed.query or b''
+        else:
+            path, _, query = url.partition(b'?')
+            if b'#' in query:
+                query = query.partition(b'#')[0]
+            elif b'#' in path:
+                path = path.partition(b'#')[0]
+        raw = path.decode('latin-1')
+        client.raw_path = raw
+        client.path = normalize_path(raw)
+        if '\x00' in client.path:
+            client.error = (400, 'Invalid request target')
+            return
+        if query:
+            client.query_string = query.decode('latin-1')
+
+    def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
+        if self.body_size > self.settings.max_content_length:
+            self.parsing.error = (413, 'Request body too large')
+            raise ValueError('body too large')
+        self.body_parts.append(body)
+
+    def on_message_complete(self) -> None:
+        client = self.parsing
+        self.parsing = None
+        parts = self.body_parts
+        if parts:
+            client.body = parts[0] if len(parts) == 1 else b''.join(parts)
+            self.body_parts = []
+        self.queue.append(client)
+        if self.active is None:
+            self.next_request()
+        elif len(self.queue) >= MAX_PIPELINED and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    # -- request sequencing -----------------------------------------------
+
+    def next_request(self) -> None:
+        while self.active is None and self.queue and not self.closed:
+            client = self.queue.pop(0)
+            self.active = client
+            self.set_deadline(0, 0)
+            if self.reading_paused and len(self.queue) < MAX_PIPELINED // 2:
+                self.reading_paused = False
+                self.transport.resume_reading()
+            self.dispatcher._on_request(client)
+        if self.active is None and not self.closed:
+            if self.parsing is None:
+                self.set_deadline(self.settings.keepalive_timeout, 0)
+            elif self.parsing.expect_continue and not self.body_size:
+                self.transport.write(_CONTINUE)
+                self.parsing.expect_continue = False
+
+    def finish(self, client: ClientConnection) -> None:
+        """Mark the active request answered and move to the next one."""
+        self.dispatcher._on_response_done(client)
+        if self.active is not client:
+            return
+        self.active = None
+        self.requests_served += 1
+        if not client.keep_alive or self.close_after and not self.queue:
+            self.close()
+            return
+        self.next_request()
+
+    def fail(self, status: int, message: str, cause: Exception | None = None) -> None:
+        """Answer a request the parser rejected, in order, then close."""
+        self.dispatcher._log_bad_request(self, status, message, cause)
+        client = self.parsing or ClientConnection(self)
+        self.parsing = None
+        client.error = (status, message)
+        client.keep_alive = False
+        self.close_after = True
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        self.queue.append(client)
+        if self.active is None:
+            self.next_request()
+
+    def set_deadline(self, seconds: float, status: int) -> None:
+        if seconds:
+            self.deadline = time.monotonic() + seconds
+            self.deadline_status = status
+        else:
+            self.deadline = 0.0
+
+    def check_deadline(self, now: float) -> None:
+        if not self.deadline or now < self.deadline or self.closed:
+            return
+        self.deadline = 0.0
+        if self.deadline_status and self.parsing is not None:
+            self.fail(self.deadline_status, 'Request timed out')
+        else:
+            self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self.closed = True
+
+    # -- writing ----------------------------------------------------------
+
+    def send_response(self, client: ClientConnection, status: int, headers: Any,
+                      cookies: Any, body: bytes, content_type: str | None) -> bool:
+        if client.responded or client.streaming or self.closed:
+            return False
+        keep_alive = client.keep_alive and not self.close_after
+        length = len(body) if body.__class__ is bytes else memoryview(body).nbytes
+        head = build_head(status, client.http_version, headers, cookies, content_type,
+                          length, keep_alive)
+        client.responded = True
+        client.status = status
+        transport = self.transport
+        if client.head_only or not length:
+            transport.write(head)
+        elif length <= _SMALL_BODY:
+            transport.write(head + body)
+        else:
+            transport.writelines((head, body))
+        client.response_bytes = length
+        if not keep_alive:
+            client.keep_alive = False
+        self.finish(client)
+        return True
+
+    def send_error(self, client: ClientConnection, status: int, message: str,
+                   headers: Any = None) -> bool:
+        return self.send_response(client, status, headers, None, error_body(message),
+                                  'application/json')
+
+    def send_static(self, client: ClientConnection, result) -> bool:
+        if client.responded or client.streaming or self.closed:
+            if result.file is not None:
+                result.file.close()
+            return False
+        if result.file is None:
+            return self.send_response(client, result.status, result.headers, None,
+                                      result.body, None)
+        keep_alive = client.keep_alive and not self.close_after
+        head = build_head(result.status, client.http_version, result.headers, None,
+                          None, None, keep_alive)
+        client.responded = True
+        client.status = result.status
+        client.keep_alive = keep_alive
+        client.response_bytes = result.length
+        self.transport.write(head)
+        if client.head_only:
+            result.file.close()
+            self.finish(client)
+            return True
+        self.loop.create_task(self._send_file(client, result))
+        return True
+
+    async def _send_file(self, client: ClientConnection, result) -> None:
+        file = result.file
+        try:
+            file.seek(result.offset)
+            remaining = result.length
+            while remaining > 0 and not self.closed:
+                chunk = file.read(min(_FILE_CHUNK, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                self.transport.write(chunk)
+                if self.writing_paused:
+                    self.drain_waiter = self.loop.create_future()
+                    await self.drain_waiter
+                    self.drain_waiter = None
+            if remaining > 0:
+                client.keep_alive = False  # the file shrank: framing is broken
+        except OSError as err:
+            self.dispatcher.log.error('sending a file failed: %s', err)
+            client.keep_alive = False
+        finally:
+            file.close()
+        if not self.closed:
+            self.finish(client)
+
+    def start_stream(self, client: ClientConnection, content_type: str, headers: Any,
+                     cookies: Any) -> bool:
+        if client.responded or client.streaming or self.closed:
+            return False
+        chunked = client.http_version == b'1.1'
+        keep_alive = chunked and client.keep_alive and not self.close_after
+        extra = dict(headers) if headers else {}
+        if not any(k.lower() == 'cache-control' for k in extra):
+            extra['Cache-Control'] = 'no-cache'
+        head = build_head(200, client.http_version, extra, cookies, content_type, None,
+                          keep_alive, chunked=chunked)
+        client.keep_alive = keep_alive
+        client.streaming = True
+        client.status = 200
+        self.transport.write(head)
+        return True
+
+    def stream_write(self, client: ClientConnection, data: bytes) -> bool:
+        if not client.streaming or self.closed or self.active is not client:
+            return False
+        size = len(data)
+        if not size:
+            return True
+        client.response_bytes += size
+        transport = self.transport
+        if client.http_version == b'1.1':
+            transport.writelines((b'%x\r\n' % size, data, b'\r\n'))
+        else:
+            transport.write(data)
+        if transport.get_write_buffer_size() > self.settings.stream_buffer_limit:
+            self.dispatcher.log.warning(
+                'client %s reads its stream too slowly (%d bytes unsent); closing it',
+                self.peer, transport.get_write_buffer_size())
+            self.dispatcher._count_slow_reader()
+            transport.abort()
+            return False
+        return True
+
+    def end_stream(self, client: ClientConnection) -> bool:
+        if not client.streaming or client.responded:
+            return False
+        client.responded = True
+        if self.closed or self.active is not client:
+            return False
+        if client.http_version == b'1.1':
+            self.transport.write(b'0\r\n\r\n')
+        else:
+            client.keep_alive = False
+        self.finish(client)
+        return True
+
+
+def text_response(client: ClientConnection, status: int, text: str) -> bool:
+    return client._protocol.send_response(client, status, None, None, text.encode(),
+                                          TEXT_TYPE)

@@ -1,0 +1,493 @@
+"""The worker process: the user's Worker subclass and the loop that feeds it.
+
+Rules this module keeps:
+
+- One handler runs at a time. The dispatcher sends a worker a new request
+  only after the previous handler ended (a RESPONSE frame with
+  ``ends_handler`` set, or READY after ``DEFERRED``), so the dispatcher always
+  knows which request a worker is running.
+- Deferred and streaming requests may stay open in any number; their
+  answers and stream frames go out whenever the worker sends them.
+- The loop multiplexes the dispatcher socket, the user's registered file
+  descriptors, a wake-up pipe for signals, and the heartbeat timer, with
+  ``selectors``. When idle for ``heartbeat_interval`` it sends a heartbeat
+  and calls ``on_idle()``.
+- EOF on the dispatcher socket means the dispatcher is gone: the loop ends,
+  ``teardown()`` runs and the process exits.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from . import messages
+from .constants import DEFERRED, LOG_CRITICAL, LOG_WARNING
+from .logs import Logger
+from .model import RejectRequest, Request, Response, encode_body
+from .routing import Router
+
+__all__ = ['Worker', 'ApiHandler']
+
+# Exit code of a worker whose setup() raised, so the pool can log the reason.
+EXIT_SETUP_FAILED = 3
+
+
+class ApiHandler:
+    """A group of ``@api`` routes under the class's ``PATTERN`` prefix.
+
+    List subclasses in ``Worker.HANDLERS``; each is created once per worker
+    process and reaches its worker as ``self.worker``. A subclass inherits its
+    parent's routes under its own ``PATTERN``.
+    """
+
+    PATTERN = ''
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+
+
+class _Channel:
+    """The worker's end of its socketpair: blocking sends of whole frames."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.last_send = time.monotonic()
+
+    def send(self, message: tuple) -> None:
+        buffers = messages.encode(message)
+        sock = self.sock
+        while buffers:
+            sent = sock.sendmsg(buffers)
+            while sent:
+                first = buffers[0]
+                size = len(first) if not isinstance(first, memoryview) else first.nbytes
+                if sent >= size:
+                    sent -= size
+                    buffers.pop(0)
+                else:
+                    buffers[0] = memoryview(first).cast('B')[sent:]
+                    sent = 0
+        self.last_send = time.monotonic()
+
+    def send_response(self, request_id: int, response: Response,
+                      ends_handler: bool = False) -> None:
+        status = response.status
+        if status.__class__ is not int or not 100 <= status <= 599:
+            raise ValueError(f'invalid HTTP status {status!r}; expected an int 100-599')
+        body, content_type = encode_body(response._data)
+        self.send((messages.RESPONSE, request_id, status, response.headers,
+                   response.cookies, messages.wrap_body(body), content_type,
+                   ends_handler))
+
+    def stream_open(self, request_id, content_type, headers, cookies) -> None:
+        self.send((messages.STREAM_OPEN, request_id, content_type, headers, cookies))
+
+    def stream_data(self, request_id, data) -> None:
+        self.send((messages.STREAM_DATA, request_id, messages.wrap_body(data)))
+
+    def stream_end(self, request_id) -> None:
+        self.send((messages.STREAM_END, request_id))
+
+
+class Worker:
+    """Base class of a pool's worker; subclass it and add ``@api`` methods.
+
+    Instances live in the worker process only. ``self.kwargs`` holds the
+    extra keyword arguments given to ``WorkerPool``; ``self.log`` sends log
+    records to the dispatcher, which prints them one line each.
+    """
+
+    HANDLERS: list[type[ApiHandler]] = []
+    LOG_NAME = '{cls}[{worker_id}]'
+
+    def __init__(self, worker_id: int, request_queue: Any = None,
+                 control_queue: Any = None, response_queue: Any = None,
+                 heartbeat_interval: float = 1, log_level: int = LOG_WARNING,
+                 pool_name: str | None = None, **kwargs: Any):
+        # The three queue arguments exist so subclasses written for
+        # uhttp-workers keep their __init__ signature; frames travel over
+        # the worker's socketpair instead.
+        self._worker_id = worker_id
+        self._pool_name = pool_name or type(self).__name__
+        self._heartbeat_interval = heartbeat_interval
+        self.kwargs = kwargs
+        self._channel: _Channel | None = None
+        self.log = Logger(f'{type(self).__name__}[{worker_id}]', level=log_level,
+                          sink=self._send_log)
+        self._router = Router()
+        self._readers: dict[Any, Callable] = {}
+        self._writers: dict[Any, Callable] = {}
+        self._selector: selectors.BaseSelector | None = None
+        self._current_request_id: int | None = None
+        self._running = True
+        self._accepting = True
+
+    # -- identity ---------------------------------------------------------
+
+    @property
+    def worker_id(self) -> int:
+        return self._worker_id
+
+    @property
+    def pool_name(self) -> str:
+        return self._pool_name
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+    # -- hooks for subclasses ---------------------------------------------
+
+    def setup(self) -> None:
+        """Prepare per-process resources; runs once, after the memory cap."""
+
+    def teardown(self) -> None:
+        """Release resources; runs once when the worker stops."""
+
+    def do_check(self, request: Request) -> Any:
+        """Check a request before routing: return (data, status) to reject it."""
+        return None
+
+    def on_request_error(self, request: Request, err: Exception) -> Response:
+        """Answer a handler exception; the default logs it and answers 500."""
+        self.log.error('%s %s failed: %s\n%s', request.method, request.path,
+                       err, traceback.format_exc())
+        return Response(request.request_id, {'error': 'Internal server error'}, 500)
+
+    def on_config(self, config: Any) -> None:
+        """Receive a value sent with ``WorkerPool.send_config()``."""
+
+    def on_idle(self) -> None:
+        """Run periodic work; called after each idle ``heartbeat_interval``."""
+
+    def on_disconnect(self, request_id: int) -> None:
+        """Forget a deferred or streaming request whose client went away."""
+
+    # -- calls for subclasses ---------------------------------------------
+
+    def pause(self) -> None:
+        """Stop taking new requests; the pool sends them to other workers."""
+        if self._accepting:
+            self._accepting = False
+            self._send((messages.PAUSE,))
+
+    def resume(self) -> None:
+        """Take new requests again after pause()."""
+        if not self._accepting:
+            self._accepting = True
+            self._send((messages.RESUME,))
+
+    def keep_alive(self) -> None:
+        """Reset the request timeout and stuck detection during long work.
+
+        Inside a handler it extends the running request; outside one it
+        extends every deferred request of this worker.
+        """
+        self._send((messages.KEEPALIVE, self._current_request_id))
+
+    def forward(self, route: str, data: Any) -> None:
+        """Hand ``data`` to the pool that serves ``route``, fire-and-forget."""
+        self._send((messages.FORWARD, route, data))
+
+    def register_reader(self, fd: Any, callback: Callable) -> None:
+        """Call ``callback(fd)`` from the worker loop whenever fd is readable."""
+        self._register(self._readers, fd, callback)
+
+    def unregister_reader(self, fd: Any) -> None:
+        self._unregister(self._readers, fd)
+
+    def register_writer(self, fd: Any, callback: Callable) -> None:
+        """Call ``callback(fd)`` whenever fd is writable; unregister when done."""
+        self._register(self._writers, fd, callback)
+
+    def unregister_writer(self, fd: Any) -> None:
+        self._unregister(self._writers, fd)
+
+    # -- internals --------------------------------------------------------
+
+    def _send(self, message: tuple) -> None:
+        if self._channel is not None:
+            self._channel.send(message)
+
+    def _send_log(self, name: str, level: int, message: str) -> None:
+        if self._channel is not None:
+            self._channel.send((messages.LOG, name, level, message))
+        else:
+            print(f'{name}: {message}', file=sys.stderr)
+
+    def _register(self, table: dict, fd: Any, callback: Callable) -> None:
+        table[fd] = callback
+        self._sync_selector(fd)
+
+    def _unregister(self, table: dict, fd: Any) -> None:
+        table.pop(fd, None)
+        self._sync_selector(fd)
+
+    def _sync_selector(self, fd: Any) -> None:
+        selector = self._selector
+        if selector is None:
+            return
+        events = (selectors.EVENT_READ if fd in self._readers else 0) | (
+            selectors.EVENT_WRITE if fd in self._writers else 0)
+        try:
+            selector.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+        if events:
+            selector.register(fd, events, fd)
+
+    def _build_routes(self) -> None:
+        self._add_routes(self, '')
+        for handler_class in self.HANDLERS:
+            handler = handler_class(self)
+            self._add_routes(handler, handler_class.PATTERN)
+
+    def _add_routes(self, owner: Any, prefix: str) -> None:
+        seen = set()
+        for klass in type(owner).__mro__:
+            for name, value in vars(klass).items():
+                if name in seen or not hasattr(value, '_api_pattern'):
+                    continue
+                seen.add(name)
+                self._router.add(prefix + value._api_pattern, value._api_methods,
+                                 getattr(owner, name))
+
+    def _format_log_name(self) -> str:
+        values = {'cls': type(self).__name__, 'worker_id': self._worker_id,
+                  'pool_name': self._pool_name, 'pid': os.getpid()}
+        try:
+            return self.LOG_NAME.format(**values)
+        except (KeyError, IndexError, ValueError, AttributeError) as err:
+            self.log.warning('invalid LOG_NAME %r (%s); using the default name',
+                             self.LOG_NAME, err)
+            return f'{type(self).__name__}[{self._worker_id}]'
+
+    def _handle_request(self, request: Request) -> Response | None:
+        """Run checks, routing and the handler; None means DEFERRED."""
+        try:
+            result = self.do_check(request)
+            if result is not None:
+                data, status = result
+                return Response(request.request_id, data, status)
+        except RejectRequest as err:
+            return Response(request.request_id, err.data, err.status)
+        except Exception as err:  # the check is user code; keep the worker alive
+            self.log.error('do_check failed: %s\n%s', err, traceback.format_exc())
+            return Response(request.request_id, {'error': 'Internal server error'}, 500)
+
+        match = self._router.match(request.method, request.path)
+        if match.handler is None:
+            if match.allowed:
+                return Response(request.request_id, {'error': 'Method not allowed'}, 405,
+                                {'Allow': ', '.join(match.allowed)})
+            return Response(request.request_id, {'error': 'Not found'}, 404)
+        request.path_params = match.params
+
+        try:
+            result = match.handler(request)
+        except RejectRequest as err:
+            return Response(request.request_id, err.data, err.status)
+        except Exception as err:  # a handler bug becomes a 500, not a dead worker
+            return self._request_error(request, err)
+        return _to_response(request.request_id, result)
+
+    def _request_error(self, request: Request, err: Exception) -> Response:
+        try:
+            response = self.on_request_error(request, err)
+        except Exception:  # the error hook itself failed: log both and answer 500
+            self.log.error('on_request_error failed:\n%s', traceback.format_exc())
+            response = None
+        if not isinstance(response, Response):
+            response = _to_response(request.request_id, response) if response else None
+        if response is None:
+            response = Response(request.request_id, {'error': 'Internal server error'}, 500)
+        return response
+
+    def _run_request(self, message: tuple) -> None:
+        request = Request._from_message(message, self._channel)
+        self._current_request_id = request.request_id
+        try:
+            response = self._handle_request(request)
+        finally:
+            self._current_request_id = None
+        channel = self._channel
+        if response is None:
+            channel.send((messages.READY,))
+            return
+        try:
+            channel.send_response(request.request_id, response, ends_handler=True)
+        except (TypeError, ValueError) as err:
+            # The handler returned something that cannot be encoded.
+            self.log.error('%s %s: cannot send the response: %s',
+                           request.method, request.path, err)
+            channel.send_response(
+                request.request_id,
+                Response(request.request_id, {'error': 'Internal server error'}, 500),
+                ends_handler=True)
+
+    def _on_message(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == messages.REQUEST:
+            self._run_request(message)
+        elif kind == messages.CONFIG:
+            self._call_hook(self.on_config, message[1])
+        elif kind == messages.DISCONNECT:
+            self._call_hook(self.on_disconnect, message[1])
+        elif kind == messages.STOP:
+            self._running = False
+
+    def _call_hook(self, hook: Callable, *args: Any) -> None:
+        try:
+            hook(*args)
+        except Exception:  # user hooks never stop the worker loop
+            self.log.error('%s failed:\n%s', hook.__name__, traceback.format_exc())
+
+    def _serve(self, sock: socket.socket, wakeup: socket.socket) -> None:
+        decoder = messages.FrameDecoder()
+        selector = selectors.DefaultSelector()
+        self._selector = selector
+        selector.register(sock, selectors.EVENT_READ, sock)
+        selector.register(wakeup, selectors.EVENT_READ, wakeup)
+        for fd in set(self._readers) | set(self._writers):
+            self._sync_selector(fd)
+        channel = self._channel
+        interval = self._heartbeat_interval
+
+        while self._running:
+            timeout = max(0.0, channel.last_send + interval - time.monotonic())
+            events = selector.select(timeout)
+            if not events:
+                channel.send((messages.HEARTBEAT,))
+                self._call_hook(self.on_idle)
+                continue
+            for key, mask in events:
+                target = key.data
+                if target is sock:
+                    try:
+                        received = sock.recv_into(decoder.get_buffer())
+                    except InterruptedError:
+                        continue
+                    except OSError:
+                        received = 0
+                    if not received:
+                        self._running = False
+                        break
+                    for message in decoder.buffer_updated(received):
+                        self._on_message(message)
+                        if not self._running:
+                            break
+                elif target is wakeup:
+                    try:
+                        wakeup.recv(64)
+                    except OSError:
+                        pass
+                    self._running = False
+                else:
+                    if mask & selectors.EVENT_WRITE and target in self._writers:
+                        self._call_hook(self._writers[target], target)
+                    if mask & selectors.EVENT_READ and target in self._readers:
+                        self._call_hook(self._readers[target], target)
+                if not self._running:
+                    break
+
+
+def _to_response(request_id: int, result: Any) -> Response | None:
+    """Turn a handler's return value into a Response (None for DEFERRED)."""
+    if result is DEFERRED:
+        return None
+    if isinstance(result, Response):
+        result.request_id = request_id
+        return result
+    if isinstance(result, tuple) and 2 <= len(result) <= 3:
+        if len(result) == 3:
+            data, status, headers = result
+        else:
+            (data, status), headers = result, None
+        return Response(request_id, data, status, headers)
+    return Response(request_id, result, 200)
+
+
+def _set_parent_death_signal() -> None:
+    """Ask Linux to SIGKILL this process when its parent exits."""
+    if not sys.platform.startswith('linux'):
+        return
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _apply_memory_limit(worker: Worker, limit_mb: Any) -> None:
+    if not limit_mb:
+        return
+    try:
+        import resource
+        limit = int(limit_mb) * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (ImportError, ValueError, OSError) as err:
+        worker.log.warning('could not cap the address space at %s MiB: %s',
+                           limit_mb, err)
+
+
+def worker_main(worker_class: type[Worker], worker_id: int, pool_name: str,
+                sock: socket.socket, heartbeat_interval: float, log_level: int,
+                memory_limit_mb: Any, kwargs: dict) -> None:
+    """Entry point of a worker process (runs in the child)."""
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    _set_parent_death_signal()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    wakeup_read, wakeup_write = socket.socketpair()
+    wakeup_read.setblocking(False)
+    wakeup_write.setblocking(False)
+    signal.set_wakeup_fd(wakeup_write.fileno(), warn_on_full_buffer=False)
+    signal.signal(signal.SIGTERM, lambda *_: None)
+
+    sock.setblocking(True)
+    channel = _Channel(sock)
+    if memory_limit_mb is not None:
+        kwargs = dict(kwargs, worker_memory_limit_mb=memory_limit_mb)
+    try:
+        worker = worker_class(
+            worker_id=worker_id, request_queue=None, control_queue=None,
+            response_queue=None, heartbeat_interval=heartbeat_interval,
+            log_level=log_level, pool_name=pool_name, **kwargs)
+    except Exception:
+        channel.send((messages.LOG, f'{worker_class.__name__}[{worker_id}]',
+                      LOG_CRITICAL, f'worker __init__ failed:\n{traceback.format_exc()}'))
+        sys.exit(EXIT_SETUP_FAILED)
+    worker._channel = channel
+    worker.log.name = worker._format_log_name()
+    _apply_memory_limit(worker, memory_limit_mb)
+
+    try:
+        worker._build_routes()
+        worker.setup()
+    except Exception:
+        worker.log.critical('setup() failed:\n%s', traceback.format_exc())
+        sys.exit(EXIT_SETUP_FAILED)
+
+    channel.send((messages.HELLO, os.getpid()))
+    try:
+        worker._serve(sock, wakeup_read)
+    finally:
+        try:
+            worker.teardown()
+        except Exception:  # teardown must not keep the process alive
+            try:
+                worker.log.error('teardown() failed:\n%s', traceback.format_exc())
+            except OSError:
+                pass

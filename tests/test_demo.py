@@ -1,0 +1,307 @@
+"""End-to-end test of examples/demo/app.py, run as its own process.
+
+Each demo instance listens on a free loopback port with its database in a
+temporary folder. The requests follow the curl walkthrough in README.md.
+"""
+
+import hashlib
+import lzma
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_DIR = REPO_ROOT / 'examples' / 'demo'
+API_KEY = 'test-key-0123'
+STARTUP_TIMEOUT = 30.0
+SHUTDOWN_TIMEOUT = 30.0
+POLL_INTERVAL = 0.05
+
+# Compressible text followed by random bytes, so the zlib and lzma sizes
+# differ from each other and from the input size.
+SAMPLE = b''.join(b'line %d of the sample file\n' % i for i in range(2000))
+SAMPLE += os.urandom(4096)
+
+
+def find_free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def read_proc_stat(pid):
+    """Return (parent pid, state, start time) from /proc/PID/stat, or None."""
+    try:
+        text = Path(f'/proc/{pid}/stat').read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name in brackets may contain spaces, so split after it.
+    fields = text[text.rindex(')') + 2:].split()
+    return int(fields[1]), fields[0], fields[19]
+
+
+def list_descendants(root_pid):
+    """Return {pid: start time} for all live descendants of root_pid.
+
+    Workers may be grandchildren (started by a fork server), so the whole
+    tree is walked. The start time distinguishes a reused pid from the original.
+    """
+    parents = {}
+    for entry in Path('/proc').iterdir():
+        if not entry.name.isdigit():
+            continue
+        stat = read_proc_stat(int(entry.name))
+        if stat is not None and stat[1] != 'Z':
+            parents[int(entry.name)] = stat
+    descendants = {}
+    frontier = [root_pid]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, _, start_time) in parents.items():
+            if ppid == parent and pid not in descendants:
+                descendants[pid] = start_time
+                frontier.append(pid)
+    return descendants
+
+
+def is_still_running(pid, start_time):
+    stat = read_proc_stat(pid)
+    return stat is not None and stat[1] != 'Z' and stat[2] == start_time
+
+
+class Demo:
+    """A running demo process and an httpx client bound to it."""
+
+    def __init__(self, tmp_path):
+        self.port = find_free_port()
+        self.base_url = f'http://127.0.0.1:{self.port}'
+        self.data_dir = tmp_path / 'data'
+        self.log_path = tmp_path / 'demo.log'
+        env = dict(os.environ)
+        env['WORKGATE_DEMO_KEY'] = API_KEY
+        env['PYTHONPATH'] = os.pathsep.join(
+            filter(None, [str(REPO_ROOT / 'src'), env.get('PYTHONPATH')]))
+        self._log_file = open(self.log_path, 'wb')
+        self.process = subprocess.Popen(
+            [sys.executable, 'app.py',
+             '--host', '127.0.0.1', '--port', str(self.port),
+             '--data-dir', str(self.data_dir)],
+            cwd=DEMO_DIR, env=env,
+            stdout=self._log_file, stderr=subprocess.STDOUT)
+        self.client = httpx.Client(base_url=self.base_url, timeout=10.0)
+        self.workers = {}
+
+    def log_text(self):
+        return self.log_path.read_text(errors='replace')
+
+    def wait_until_healthy(self):
+        """Poll /health until every pool reports live workers."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        last_error = None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(
+                    f'demo exited with {self.process.returncode} during '
+                    f'startup. Its output:\n{self.log_text()}')
+            try:
+                response = httpx.get(f'{self.base_url}/health', timeout=0.5)
+                if response.status_code == 200 and response.json()['status'] == 'ok':
+                    return response.json()
+                last_error = f'{response.status_code} {response.text}'
+            except httpx.TransportError as err:
+                last_error = repr(err)
+            time.sleep(POLL_INTERVAL)
+        pytest.fail(
+            f'/health not ok after {STARTUP_TIMEOUT} s (last: {last_error}). '
+            f'Demo output:\n{self.log_text()}')
+
+    def terminate(self):
+        """Send SIGTERM and return the exit code, or None on a timeout."""
+        self.client.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=SHUTDOWN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill_leftovers(self):
+        """Kill the demo and any worker it left running. Cleanup only."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=SHUTDOWN_TIMEOUT)
+        for pid, start_time in self.workers.items():
+            if is_still_running(pid, start_time):
+                os.kill(pid, signal.SIGKILL)
+        self._log_file.close()
+
+
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory):
+    instance = Demo(tmp_path_factory.mktemp('demo'))
+    try:
+        instance.wait_until_healthy()
+        yield instance
+    finally:
+        instance.terminate()
+        instance.kill_leftovers()
+
+
+def upload(client, body, name='sample.txt', level=6, api_key=API_KEY):
+    """POST body to /api/files as raw bytes, sending api_key unless None."""
+    headers = {'Content-Type': 'application/octet-stream'}
+    if api_key is not None:
+        headers['X-API-Key'] = api_key
+    return client.post(
+        '/api/files', params={'name': name, 'level': level},
+        content=body, headers=headers)
+
+
+def wait_for_stored(client, result_id):
+    """Return the stored result, polling while the forward is in transit."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        response = client.get(
+            f'/api/results/{result_id}', headers={'X-API-Key': API_KEY})
+        if response.status_code != 404 or time.monotonic() > deadline:
+            return response
+        time.sleep(POLL_INTERVAL)
+
+
+def test_health_lists_both_pools(demo):
+    response = demo.client.get('/health')
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body['status'] == 'ok'
+    assert [pool['name'] for pool in body['pools']] == [
+        'ComputeWorker', 'StorageWorker']
+
+
+def test_static_page_served_at_root(demo):
+    response = demo.client.get('/')
+
+    assert response.status_code == 200
+    assert response.headers['content-type'].startswith('text/html')
+    assert '<form id="upload-form">' in response.text
+
+
+def test_upload_returns_hash_and_sizes(demo):
+    response = upload(demo.client, SAMPLE, name='sample.txt', level=6)
+
+    assert response.status_code == 201, response.text
+    result = response.json()
+    assert result['name'] == 'sample.txt'
+    assert result['size'] == len(SAMPLE)
+    assert result['sha256'] == hashlib.sha256(SAMPLE).hexdigest()
+    assert result['level'] == 6
+    assert result['zlib']['size'] == len(zlib.compress(SAMPLE, 6))
+    assert result['lzma']['size'] == len(lzma.compress(SAMPLE, preset=6))
+    assert 0 < result['zlib']['ratio'] < 1
+    assert result['seconds'] >= 0
+    assert response.headers['location'] == f"/api/results/{result['id']}"
+
+
+def test_upload_stored_listed_and_deleted(demo):
+    uploaded = upload(demo.client, SAMPLE, name='stored.txt', level=1).json()
+    result_id = uploaded['id']
+    key = {'X-API-Key': API_KEY}
+
+    fetched = wait_for_stored(demo.client, result_id)
+    assert fetched.status_code == 200, fetched.text
+    assert fetched.json() == uploaded
+
+    listing = demo.client.get('/api/results', headers=key)
+    assert listing.status_code == 200
+    assert result_id in [item['id'] for item in listing.json()['results']]
+    assert listing.json()['total'] >= 1
+
+    deleted = demo.client.delete(f'/api/results/{result_id}', headers=key)
+    assert deleted.status_code == 200
+    assert deleted.json() == {'deleted': result_id}
+
+    gone = demo.client.get(f'/api/results/{result_id}', headers=key)
+    assert gone.status_code == 404
+    assert gone.json() == {'error': f'result not found: {result_id}'}
+
+    assert (demo.data_dir / 'results.sqlite3').is_file()
+
+
+@pytest.mark.parametrize('headers', [
+    {},
+    {'X-API-Key': 'wrong-key'},
+    {'X-API-Key': 'demo-key'},
+], ids=['missing', 'wrong', 'default-when-overridden'])
+def test_request_without_valid_key_rejected(demo, headers):
+    response = demo.client.get('/api/results', headers=headers)
+
+    assert response.status_code == 401
+    assert response.json() == {'error': 'missing or invalid X-API-Key header'}
+
+
+def test_upload_without_key_rejected(demo):
+    response = upload(demo.client, SAMPLE, api_key=None)
+
+    assert response.status_code == 401
+    assert response.json() == {'error': 'missing or invalid X-API-Key header'}
+
+
+@pytest.mark.parametrize(('params', 'body', 'content_type', 'status'), [
+    ({'level': '12'}, SAMPLE, 'application/octet-stream', 400),
+    ({'level': 'fast'}, SAMPLE, 'application/octet-stream', 400),
+    ({'name': 'x' * 201}, SAMPLE, 'application/octet-stream', 400),
+    ({}, b'', 'application/octet-stream', 400),
+    ({}, b'{"a": 1}', 'application/json', 415),
+], ids=['level-too-high', 'level-not-int', 'name-too-long', 'empty', 'json'])
+def test_upload_invalid_input(demo, params, body, content_type, status):
+    response = demo.client.post(
+        '/api/files', params=params, content=body,
+        headers={'X-API-Key': API_KEY, 'Content-Type': content_type})
+
+    assert response.status_code == status, response.text
+    assert 'error' in response.json()
+
+
+def test_internal_route_not_reachable(demo):
+    response = demo.client.post(
+        '/internal/results', json={'id': 'forged', 'created_at': 'x'},
+        headers={'X-API-Key': API_KEY})
+
+    assert response.status_code == 404
+    forged = demo.client.get(
+        '/api/results/forged', headers={'X-API-Key': API_KEY})
+    assert forged.status_code == 404
+
+
+def test_sigterm_stops_demo_and_workers(tmp_path):
+    demo = Demo(tmp_path)
+    try:
+        demo.wait_until_healthy()
+        assert upload(demo.client, SAMPLE).status_code == 201
+        demo.workers = list_descendants(demo.process.pid)
+        # Two compute workers and one storage worker, plus any helper
+        # process the start method adds.
+        assert len(demo.workers) >= 3, demo.workers
+
+        exit_code = demo.terminate()
+
+        assert exit_code == 0, demo.log_text()
+        deadline = time.monotonic() + 5.0
+        left = demo.workers
+        while left and time.monotonic() < deadline:
+            time.sleep(POLL_INTERVAL)
+            left = {
+                pid: start for pid, start in demo.workers.items()
+                if is_still_running(pid, start)}
+        assert left == {}, f'processes left running: {sorted(left)}'
+    finally:
+        demo.terminate()
+        demo.kill_leftovers()
