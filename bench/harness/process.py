@@ -28,6 +28,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _cpu_times() -> tuple[int, int]:
+    """Return (busy, total) clock ticks summed over all CPUs since boot."""
+    fields = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    # guest and guest_nice (fields 8 and 9) are already counted in user.
+    total = sum(fields[:8])
+    return total - idle, total
+
+
+def busy_cores(interval: float) -> float:
+    """Return how many cores' worth of CPU was busy during `interval` seconds."""
+    busy_start, total_start = _cpu_times()
+    time.sleep(interval)
+    busy_end, total_end = _cpu_times()
+    if total_end == total_start:
+        return 0.0
+    fraction = (busy_end - busy_start) / (total_end - total_start)
+    return fraction * (os.cpu_count() or 1)
+
+
 def _read_stat(pid: int) -> tuple[int, int] | None:
     """Return (parent pid, start time in clock ticks) of `pid`.
 

@@ -4,6 +4,10 @@ from dataclasses import dataclass
 
 from harness.workloads import Calibration, CaseResult, Workload
 
+# Cores' worth of CPU used by other programs, measured just before a case,
+# above which its row is marked: the figures of that row are suspect.
+BUSY_CORES_WARNING = 0.25
+
 
 @dataclass
 class Row:
@@ -33,6 +37,8 @@ def _result_text(case: CaseResult, kind: str) -> str:
         text = f"p50 {p50:,.0f} µs, p99 {p99:,.0f} µs ({text})"
     if case.failed_responses:
         text += f" [{case.failed_responses} failed]"
+    if (case.busy_cores_before or 0.0) >= BUSY_CORES_WARNING:
+        text += f" [machine busy: {case.busy_cores_before:.1f} cores]"
     return text
 
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.process import ServerProcess, free_port
+from harness.process import ServerProcess, busy_cores, free_port
 from harness.servers import APPS_DIR, BENCH_DIR, NUM_WORKERS, ServerSpec, server_env
 from harness.wrk import WrkResult, run_wrk
 
@@ -88,9 +88,9 @@ class CaseResult:
     stand_in: bool
     runs: list[WrkResult] = field(default_factory=list)
     error: str | None = None
-    # 1, 5 and 15 minute load averages just before the server started; a
-    # high value means other work on the machine competed with the run.
-    load_before: tuple[float, float, float] | None = None
+    # Cores' worth of CPU that other programs used in the second before the
+    # server started; other work on the machine skews every figure.
+    busy_cores_before: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -116,7 +116,7 @@ class CaseResult:
             "median_p50_us": self.median("p50_us"),
             "median_p99_us": self.median("p99_us"),
             "failed_responses": self.failed_responses,
-            "load_before": self.load_before,
+            "busy_cores_before": self.busy_cores_before,
             "runs": [run.to_dict() for run in self.runs],
         }
 
@@ -236,7 +236,7 @@ def run_case(
     port = free_port()
     url = f"http://127.0.0.1:{port}{workload.path}"
     log_path = settings.log_dir / f"{workload.key}-{spec.key}.log"
-    result.load_before = os.getloadavg()
+    result.busy_cores_before = busy_cores(1.0)
 
     with tempfile.TemporaryDirectory(prefix="workgate-bench-") as scratch:
         server = ServerProcess(

@@ -578,6 +578,7 @@ class Dispatcher:
         if slot.state != STARTING:
             return
         slot.state = READY
+        slot.startup_failures = 0
         elapsed = time.monotonic() - slot.started_at
         self.log.info('worker %s ready (setup took %.3fs)', slot.label, elapsed)
         pool._schedule()
@@ -681,15 +682,17 @@ class Dispatcher:
         if check is not None:
             check()
 
-    def _fail_waiting(self, pool: WorkerPool, status: int, message: str) -> None:
-        """Answer every request waiting in ``pool`` (it became degraded)."""
+    def _fail_waiting(self, pool: WorkerPool, status: int, message: str,
+                      retry_after: bool = False) -> None:
+        """Answer every request waiting in ``pool``: it has no worker to run them."""
         waiting = list(pool._waiting)
         pool._waiting.clear()
+        headers = {'Retry-After': '1'} if retry_after else None
         for request_id, _ in waiting:
             pending = self._pending.get(request_id)
             if pending is not None:
                 reason = PENDING_SHUTDOWN if self._shutting_down else PENDING_WORKER_DIED
-                self._answer_and_remove(request_id, pending, status, message, reason)
+                self._answer_and_remove(request_id, pending, status, message, reason, headers)
 
     # -- periodic work ----------------------------------------------------
 

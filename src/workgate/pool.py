@@ -49,6 +49,10 @@ __all__ = ['WorkerPool']
 # After a worker process exits, wait this long for EOF on its socket (which
 # delivers frames it sent just before dying) before failing its requests.
 _EOF_GRACE = 0.5
+# Delay before restarting a worker that died before finishing setup(),
+# doubled after each consecutive failure up to _MAX_BACKOFF seconds.
+_STARTUP_BACKOFF = 0.5
+_MAX_BACKOFF = 10.0
 _SOCKET_BUFFER = 4 * 1024 * 1024
 
 STARTING = 'starting'
@@ -112,7 +116,7 @@ class _Slot:
     __slots__ = ('pool', 'index', 'process', 'pid', 'connection', 'state',
                  'current', 'held', 'paused', 'last_seen', 'started_at',
                  'restarts', 'exitcode', 'exited', 'eof', 'kill_reason',
-                 'grace_handle')
+                 'grace_handle', 'startup_failures')
 
     def __init__(self, pool: WorkerPool, index: int):
         self.pool = pool
@@ -132,6 +136,7 @@ class _Slot:
         self.eof = False
         self.kill_reason: str | None = None
         self.grace_handle = None
+        self.startup_failures = 0
 
     @property
     def label(self) -> str:
@@ -505,6 +510,17 @@ class WorkerPool:
         self._count_restart()
         if self._degraded:
             return
+        if was_starting:
+            # A worker that cannot start would otherwise restart in a hot loop.
+            slot.startup_failures += 1
+            delay = min(_STARTUP_BACKOFF * 2 ** (slot.startup_failures - 1), _MAX_BACKOFF)
+            slot.restarts += 1
+            dispatcher.log.warning('worker %s[%d] will restart in %.1fs after %d failed starts',
+                                   self._name, slot.index, delay, slot.startup_failures)
+            self._schedule_restart(slot, delay)
+            if self.alive_count == 0:
+                dispatcher._fail_waiting(self, 503, 'No workers available', retry_after=True)
+            return
         self._restart(slot)
 
     def _restart(self, slot: _Slot) -> None:
@@ -663,5 +679,6 @@ def make_context(start_method: str | None, preload: list[str]):
         method = 'forkserver' if 'forkserver' in available else 'spawn'
     context = multiprocessing.get_context(method)
     if method == 'forkserver':
-        context.set_forkserver_preload(preload)
+        os.environ['WORKGATE_FORKSERVER_PARENT'] = str(os.getpid())
+        context.set_forkserver_preload(['workgate._forkserver', *preload])
     return context

@@ -91,12 +91,13 @@ def check_header(name: str, value: Any) -> tuple[str, str]:
 
 def build_head(status: int, version: bytes, headers: Any, cookies: Any,
                content_type: str | None, length: int | None, keep_alive: bool,
-               chunked: bool = False) -> bytes:
+               chunked: bool = False, own_length: bool = False) -> bytes:
     """Build the status line and header block of a response.
 
     ``headers`` is a dict or a list of pairs set by the application; a
-    Content-Type there wins over ``content_type``. Content-Length,
-    Transfer-Encoding, Connection and Date are always set here.
+    Content-Type there wins over ``content_type``. Transfer-Encoding,
+    Connection and Date are always set here, and Content-Length too unless
+    ``own_length`` says the headers carry a trusted one (static files).
     """
     parts = [_status_line(status, version)]
     has_type = False
@@ -105,7 +106,9 @@ def build_head(status: int, version: bytes, headers: Any, cookies: Any,
         for name, value in items:
             name, value = check_header(name, value)
             lower = name.lower()
-            if lower in ('content-length', 'transfer-encoding', 'connection', 'date'):
+            if lower in ('transfer-encoding', 'connection', 'date'):
+                continue
+            if lower == 'content-length' and not own_length:
                 continue
             if lower == 'content-type':
                 has_type = True
@@ -584,15 +587,18 @@ class HttpProtocol(asyncio.Protocol):
             if result.file is not None:
                 result.file.close()
             return False
-        if result.file is None:
-            return self.send_response(client, result.status, result.headers, None,
-                                      result.body, None)
         keep_alive = client.keep_alive and not self.close_after
         head = build_head(result.status, client.http_version, result.headers, None,
-                          None, None, keep_alive)
+                          None, None, keep_alive, own_length=True)
         client.responded = True
         client.status = result.status
         client.keep_alive = keep_alive
+        if result.file is None:
+            body = result.body
+            client.response_bytes = len(body)
+            self.transport.write(head if client.head_only or not body else head + body)
+            self.finish(client)
+            return True
         client.response_bytes = result.length
         self.transport.write(head)
         if client.head_only:

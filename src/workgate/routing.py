@@ -37,6 +37,7 @@ __all__ = [
     'parse_query',
 ]
 
+_ENCODED_SLASH = re.compile('%2F', re.IGNORECASE)
 _INT_RE = re.compile(r'[+-]?[0-9]+\Z')
 _FLOAT_RE = re.compile(r'[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z')
 
@@ -204,8 +205,8 @@ def normalize_path(raw: str) -> str:
     directory's index.
     """
     if '%' in raw:
-        protected = raw.replace('%2F', '\x00').replace('%2f', '\x00')
-        decoded = unquote(protected, errors='replace').replace('\x00', '%2F')
+        parts = _ENCODED_SLASH.split(raw)
+        decoded = '%2F'.join(unquote(part, errors='replace') for part in parts)
     else:
         decoded = raw
     if '.' not in decoded and '//' not in decoded:

@@ -2,14 +2,15 @@
 
 This module does no network I/O. The dispatcher's HTTP protocol calls
 :func:`serve_static` with a normalised request path and sends the
-:class:`StaticFile` it returns; ``client.respond_file()`` calls
+:class:`StaticFile` it returns. ``client.respond_file()`` calls
 :func:`prepare_file`.
 
 A request path becomes a file in these steps, and only these:
 
 1. Mounts are tried longest prefix first. A prefix matches at a segment
    boundary: ``/static/`` matches ``/static``, ``/static/`` and
-   ``/static/a.css`` but not ``/staticx``.
+   ``/static/a.css`` but not ``/staticx``. When a non-authoritative mount
+   has no such file, the next matching mount is tried.
 2. The rest of the path is rejected when it contains a NUL byte, a
    backslash, an encoded slash (``%2F``), an empty, ``.`` or ``..``
    segment, or is absolute.
@@ -21,13 +22,14 @@ A request path becomes a file in these steps, and only these:
    fails to open instead of leading outside the root. ``O_NONBLOCK`` keeps
    the open of a FIFO from blocking.
 5. ``fstat`` of the open descriptor decides the type. A directory is
-   replaced by its ``index.html`` (steps 3 to 5 again); anything else that
-   is not a regular file is not found.
+   replaced by its ``index.html``, which goes through steps 3 to 5 again.
+   Anything else that is not a regular file is not found.
 
-Preconditions are evaluated in the order of RFC 7232 section 6, which RFC
-9110 keeps: If-Match, If-Unmodified-Since (412), If-None-Match,
-If-Modified-Since (304), then Range with If-Range (206 or 416). They apply
-to GET and HEAD only. Range applies to GET only, as RFC 9110 requires.
+Preconditions are evaluated in the order of RFC 7232 section 6:
+If-Match, If-Unmodified-Since (412), If-None-Match, If-Modified-Since
+(304), then Range with If-Range (206 or 416). Preconditions apply to GET
+and HEAD only, and Range to GET only, so a HEAD response always describes
+the whole file.
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ __all__ = [
 
 logger = logging.getLogger('workgate.static')
 
-# Files up to this size (bytes) are read into StaticFile.body; larger files
-# are handed over as an open file so that they are never read whole.
+# Files up to this size, in bytes, are read into StaticFile.body. Larger
+# files are handed over as an open file, so they are never read whole.
 SMALL_FILE_MAX = 64 * 1024
 
 INDEX_FILE = 'index.html'
@@ -65,8 +67,8 @@ INDEX_FILE = 'index.html'
 _SERVED_METHODS = ('GET', 'HEAD')
 _MOUNT_KEYS = frozenset({'path', 'headers', 'authoritative'})
 
-# Headers that frame the response; the server sets them per response, so
-# neither a mount nor respond_file() may supply them.
+# The server sets these framing headers for each response, so neither a
+# mount nor respond_file() may supply them.
 _FRAMING_HEADERS = frozenset(
     {'content-length', 'content-range', 'transfer-encoding', 'connection'})
 
@@ -78,7 +80,8 @@ _NOT_FOUND_ERRNOS = frozenset(
     code for code in (
         errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG,
         errno.EACCES, errno.EPERM, errno.ENXIO, errno.ENODEV,
-        getattr(errno, 'EMLINK', None),  # BSD's answer to O_NOFOLLOW on a link
+        # FreeBSD and DragonFly return EMLINK for O_NOFOLLOW on a symlink.
+        getattr(errno, 'EMLINK', None),
     ) if code is not None)
 _PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
 
@@ -89,8 +92,8 @@ _FILE_FLAGS = (os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0)
 _NOFOLLOW = getattr(os, 'O_NOFOLLOW', 0)
 _CAN_OPEN_BENEATH = os.open in os.supports_dir_fd and _NOFOLLOW != 0
 
-# Python's built-in table (not /etc/mime.types, so the answer is the same
-# on every machine), corrected and extended for files served to browsers.
+# Python's built-in table, not /etc/mime.types, so the result is the same
+# on every machine. The fixes correct and extend it for browsers.
 _MIME_TYPES = mimetypes.MimeTypes()
 _CONTENT_TYPE_FIXES = {
     '.js': 'text/javascript',
@@ -341,7 +344,7 @@ def _is_safe_relative(relative: str) -> bool:
         return False
     segments = relative.split('/')
     if segments[-1] == '':
-        segments.pop()  # a trailing slash asks for a directory
+        segments.pop()  # a trailing slash requests a directory
     for segment in segments:
         if segment in ('', '.', '..'):
             return False
@@ -472,7 +475,7 @@ class _RateLimitedWarning:
         self.last = now
         suppressed, self.suppressed = self.suppressed, 0
         logger.warning(
-            'static file %r cannot be opened (%s), answering 404 '
+            'static file %r cannot be opened (%s), so the response is 404 '
             '(%d similar warnings suppressed)',
             path, error.strerror, suppressed)
 
@@ -595,8 +598,8 @@ def _content_response(opened: _Opened, method: str,
 
 
 def _error(status: int, message: str, file_path: str | None) -> StaticFile:
-    """Build a JSON error response; the message never contains the path."""
-    body = json.dumps({'error': message}).encode()
+    """Build a JSON error response. Its message never contains the path."""
+    body = json.dumps({'error': message}, separators=(',', ':')).encode()
     headers = [('Content-Type', 'application/json'),
                ('Content-Length', str(len(body)))]
     return StaticFile(status, headers, file_path, body, length=len(body))
@@ -707,7 +710,7 @@ def _parse_http_date(value: str | None) -> int | None:
         parsed = email.utils.parsedate_tz(value)
         if parsed is None:
             return None
-        # HTTP dates are GMT; asctime() dates carry no zone at all.
+        # HTTP dates are in GMT, and an asctime() date carries no zone.
         return calendar.timegm(parsed[:6]) - (parsed[9] or 0)
     except (ValueError, TypeError, IndexError, OverflowError):
         return None
