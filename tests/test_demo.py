@@ -298,6 +298,8 @@ def test_sigterm_stops_demo_and_workers(tmp_path):
         exit_code = demo.terminate()
 
         assert exit_code == 0, demo.log_text()
+        database = (demo.data_dir / 'results.sqlite3').resolve()
+        assert f'closed {database}' in demo.log_text(), 'teardown() did not run'
         deadline = time.monotonic() + 5.0
         left = demo.workers
         while left and time.monotonic() < deadline:

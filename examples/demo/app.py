@@ -164,8 +164,8 @@ CREATE TABLE IF NOT EXISTS results (
 class StorageWorker(_workers.Worker):
     """Worker with one SQLite connection, run as a pool of one process.
 
-    A single process handles requests in arrival order, which keeps a
-    forwarded result ahead of any read that follows its upload.
+    A single process handles requests in arrival order, so a forwarded
+    result is stored before any read that arrives after it.
     """
 
     def setup(self):
@@ -176,6 +176,7 @@ class StorageWorker(_workers.Worker):
 
     def teardown(self):
         self.db.close()
+        self.log.info('closed %s', self.kwargs['db_path'])
 
     @_workers.api(STORE_ROUTE, 'POST')
     def store(self, request):
@@ -305,9 +306,6 @@ def main():
     api_key = os.environ.get('WORKGATE_DEMO_KEY', DEFAULT_API_KEY)
     dispatcher = build_dispatcher(
         args.host, args.port, args.data_dir.resolve(), api_key)
-    dispatcher.log.info(
-        'demo listening on http://%s:%d/, data in %s',
-        args.host, args.port, args.data_dir)
     dispatcher.run()
 
 

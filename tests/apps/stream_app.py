@@ -233,7 +233,7 @@ class StreamWorker(_workers.Worker):
 
     @_workers.api('/api/sse-sample', 'GET')
     def sse_sample(self, request):
-        request.response_stream()
+        request.response_stream(headers={'X-Request-Id': str(request.request_id)})
         for event in SAMPLE_EVENTS:
             request.send_event(**event)
         request.response_stream_end()
@@ -241,7 +241,8 @@ class StreamWorker(_workers.Worker):
 
     @_workers.api('/api/chunks', 'GET')
     def chunks(self, request):
-        request.response_stream('application/octet-stream')
+        request.response_stream('application/octet-stream',
+                                {'X-Request-Id': str(request.request_id)})
         for chunk in SAMPLE_CHUNKS:
             request.send_chunk(chunk)
         request.response_stream_end()
@@ -249,7 +250,7 @@ class StreamWorker(_workers.Worker):
 
     @_workers.api('/api/ndjson', 'GET')
     def ndjson(self, request):
-        request.response_ndjson(headers={'X-Lines': str(len(SAMPLE_NDJSON))})
+        request.response_ndjson(headers={'X-Request-Id': str(request.request_id)})
         for value in SAMPLE_NDJSON:
             request.send_ndjson(value)
         request.response_stream_end()
@@ -259,7 +260,7 @@ class StreamWorker(_workers.Worker):
     def ticker(self, request):
         """Send ``count`` events ``interval`` seconds apart from timer callbacks."""
         params = request.path_params
-        request.response_stream()
+        request.response_stream(headers={'X-Request-Id': str(request.request_id)})
         self.tickers[request.request_id] = [request, params['count'], params['interval']]
         self.call_later(params['interval'], self.tick, request.request_id)
         return _workers.DEFERRED
