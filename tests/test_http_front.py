@@ -43,6 +43,11 @@ MAX_URL_LENGTH = 2048
 # machine.
 DEADLINE_SLACK = 2.0
 READ_TIMEOUT = 10.0
+# A connection the server means to close right after a response must close
+# within this many seconds. It is shorter than KEEPALIVE_TIMEOUT, so an
+# idle keep-alive close cannot pass for it.
+PROMPT_CLOSE = 1.0
+assert PROMPT_CLOSE < KEEPALIVE_TIMEOUT
 
 # Statuses with which the front rejects a request before routing it. Each
 # must be followed by closing the connection.
@@ -165,7 +170,7 @@ class RawConnection:
     def read_response(self, method: str = 'GET') -> RawResponse | None:
         """Read one response, or return None if the connection closed before one began.
 
-        Raises socket.timeout when the server neither answers nor closes in
+        Raises TimeoutError when the server neither answers nor closes in
         time, and EOFError when it closes inside a response.
         """
         if not self.buffer and not self._fill():
@@ -224,7 +229,7 @@ class RawConnection:
         self.sock.settimeout(timeout)
         try:
             return not self._fill()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return False
         finally:
             self.sock.settimeout(previous)
@@ -262,9 +267,13 @@ def get(port: int, target: str, headers: dict | None = None, **options) -> RawRe
     return response
 
 
-def accepted_paths(port: int) -> list[str]:
-    """Return the paths of all requests the dispatcher has queued to a pool so far."""
-    response = get(port, '/sync/accepted')
+def accepted_paths(port: int, peer: str | None = None) -> list[str]:
+    """Return the paths of the requests the dispatcher has queued to a pool so far.
+
+    With ``peer`` (``host:port``), only those that came from that client address.
+    """
+    target = '/sync/accepted' if peer is None else f'/sync/accepted?peer={peer}'
+    response = get(port, target)
     assert response.status == 200, response
     return response.json()['paths']
 
@@ -396,7 +405,7 @@ def test_http10_without_keepalive_closes(port):
 
         assert response.status == 200
         assert response.json() == {'id': 5}
-        assert conn.closed_within(READ_TIMEOUT)
+        assert conn.closed_within(PROMPT_CLOSE)
 
 
 def test_http10_keepalive_reuses_connection(port):
@@ -410,17 +419,21 @@ def test_http10_keepalive_reuses_connection(port):
             assert response.header('connection').lower() == 'keep-alive'
 
 
+@pytest.mark.xfail(strict=True, reason='the connection stays open (connection: keep-alive): '
+                   'nothing in HttpProtocol checks Transfer-Encoding on an HTTP/1.0 request')
 def test_http10_transfer_encoding_closes_after(port):
     # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has
-    # faulty framing, so the server closes the connection after it.
+    # faulty framing, so the server must close the connection after it.
     data = (b'POST /api/echo HTTP/1.0\r\nConnection: keep-alive\r\n'
-            b'Transfer-Encoding: chunked\r\n\r\n' + chunked(b'hello'))
+            b'Transfer-Encoding: chunked\r\n\r\n' + chunked(b'hello')
+            + b'GET /api/user/1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n')
     with RawConnection(port) as conn:
         conn.send(data)
         response = conn.read_response()
 
-        assert response is None or response.status in (200, 400)
-        assert conn.closed_within(READ_TIMEOUT)
+        assert response is not None and response.status in (200, 400)
+        assert response.header('connection') == 'close'
+        assert conn.closed_within(PROMPT_CLOSE)
 
 
 def test_keepalive_reuses_connection(port):
@@ -515,19 +528,22 @@ def test_expect_continue_over_limit_gets_413(port):
 
         assert response.status == 413
         assert_json_error(response)
-        assert conn.closed_within(READ_TIMEOUT)
+        assert conn.closed_within(PROMPT_CLOSE)
 
 
 def test_head_has_headers_and_no_body(port):
     with RawConnection(port) as conn:
-        conn.send(request_bytes('HEAD', '/api/user/3') + request_bytes('GET', '/api/user/4'))
+        conn.send(request_bytes('HEAD', '/api/user/3') + request_bytes('HEAD', '/missing')
+                  + request_bytes('GET', '/api/user/3'))
         head = conn.read_response('HEAD')
+        missing = conn.read_response('HEAD')
         after = conn.read_response()
 
     assert head.status == 200
     assert head.header('content-type') == 'application/json'
-    assert head.body == b''
-    assert after.json() == {'id': 4}
+    assert head.header('content-length') == str(len(after.body))
+    assert missing.status == 404
+    assert after.json() == {'id': 3}
 
 
 def test_connection_close_honoured(port):
@@ -537,7 +553,90 @@ def test_connection_close_honoured(port):
 
         assert response.status == 200
         assert response.header('connection') == 'close'
-        assert conn.closed_within(READ_TIMEOUT)
+        assert conn.closed_within(PROMPT_CLOSE)
+
+
+def test_requests_after_connection_close_ignored(port):
+    before = accepted_paths(port)
+    data = request_bytes('GET', '/api/user/1', {'Connection': 'close'}) + SMUGGLED
+    with RawConnection(port) as conn:
+        conn.send(data)
+        response = conn.read_response()
+
+        assert response.json() == {'id': 1}
+        assert conn.closed_within(PROMPT_CLOSE)
+
+    assert accepted_paths(port) == before + ['/api/user/1']
+
+
+def test_slow_worker_outlives_connection_timeouts(port):
+    seconds = max(HEADER_TIMEOUT, BODY_TIMEOUT, KEEPALIVE_TIMEOUT) + 0.5
+    with RawConnection(port) as conn:
+        conn.send(request_bytes('GET', f'/api/sleep/{seconds}'))
+        response = conn.read_response()
+
+    assert response is not None and response.status == 200
+    assert response.json() == {'slept': seconds}
+
+
+@pytest.mark.xfail(strict=True, reason='the connection closes with no response: the body '
+                   'deadline armed while parsing the second request stays set after '
+                   'on_message_complete, and check_deadline then closes the connection '
+                   'while the first request is still in flight')
+def test_pipelined_request_behind_slow_worker(port):
+    seconds = max(HEADER_TIMEOUT, BODY_TIMEOUT) + DEADLINE_SLACK / 2
+    with RawConnection(port) as conn:
+        conn.send(request_bytes('GET', f'/api/sleep/{seconds}')
+                  + request_bytes('GET', '/api/user/2'))
+        first = conn.read_response()
+        second = conn.read_response()
+
+    assert first is not None and first.json() == {'slept': seconds}
+    assert second is not None and second.json() == {'id': 2}
+
+
+def test_body_at_limit_accepted(port):
+    body = b'x' * MAX_CONTENT_LENGTH
+
+    by_length = fetch(port, request_bytes('POST', '/api/echo', body=body))
+    by_chunks = fetch(port, request_bytes('POST', '/api/echo', {'Transfer-Encoding': 'chunked'})
+                      + chunked(body, 4096))
+
+    assert by_length.status == 200
+    assert by_length.json()['body_size'] == MAX_CONTENT_LENGTH
+    assert by_chunks.status == 200
+    assert by_chunks.json()['body_size'] == MAX_CONTENT_LENGTH
+
+
+def test_target_at_limit_accepted(port):
+    prefix = '/api/echo?q='
+    target = prefix + 'a' * (MAX_URL_LENGTH - len(prefix))
+
+    response = get(port, target)
+
+    assert response.status == 200
+    assert response.json()['query'] == {'q': 'a' * (MAX_URL_LENGTH - len(prefix))}
+
+
+def test_header_count_at_limit_accepted(port):
+    # Host is one of the MAX_HEADERS fields.
+    headers = {f'X-H{i}': str(i) for i in range(MAX_HEADERS - 1)}
+
+    response = get(port, '/api/echo', headers)
+
+    assert response.status == 200
+    assert len(response.json()['headers']) == MAX_HEADERS
+
+
+def test_second_request_slow_headers_get_408(port):
+    with RawConnection(port) as conn:
+        conn.send(request_bytes('GET', '/api/user/1') + b'GET /api/user/2 HTTP/1.1\r\n')
+        first = conn.read_response()
+        second = conn.read_response()
+
+        assert first.json() == {'id': 1}
+        assert second.status == 408
+        assert conn.closed_within(PROMPT_CLOSE)
 
 
 def test_date_header_present(port):
@@ -612,6 +711,7 @@ REJECTED_REQUESTS = [
     ('http-2.0', b'GET /api/echo HTTP/2.0\r\nHost: test\r\n\r\n', 505),
     ('http-3.0', b'GET /api/echo HTTP/3.0\r\nHost: test\r\n\r\n', 505),
     ('http-0.9', b'GET /api/echo HTTP/0.9\r\n\r\n', 505),
+    ('connect-authority-form', b'CONNECT test:443 HTTP/1.1\r\nHost: test\r\n\r\n', 400),
     ('unsupported-expectation', GET + b'Expect: 200-ok\r\n\r\n', 417),
     ('content-length-over-limit',
      POST + b'Content-Length: %d\r\n\r\n' % (MAX_CONTENT_LENGTH + 1), 413),
@@ -641,7 +741,7 @@ def rejected_cases():
         yield pytest.param(data, status, id=name, marks=marks)
 
 
-@pytest.mark.parametrize(('data', 'status'), rejected_cases())
+@pytest.mark.parametrize(('data', 'status'), list(rejected_cases()))
 def test_rejected_request_closes_and_is_not_forwarded(port, data, status):
     before = accepted_paths(port)
 
@@ -653,11 +753,15 @@ def test_rejected_request_closes_and_is_not_forwarded(port, data, status):
         assert response.status == status
         assert_json_error(response)
         assert response.header('connection') == 'close'
-        assert conn.closed_within(READ_TIMEOUT)
+        assert conn.closed_within(PROMPT_CLOSE)
 
     assert accepted_paths(port) == before
 
 
+@pytest.mark.xfail(strict=True, reason='the first response goes out with connection: close '
+                   'and the connection closes after it: HttpProtocol.send_response clears '
+                   'keep_alive as soon as close_after is set, although the second request '
+                   'and the 400 are still queued')
 def test_rejection_answered_after_earlier_requests(port):
     before = accepted_paths(port)
     data = (request_bytes('GET', '/api/user/1') + request_bytes('GET', '/api/user/2')
@@ -669,7 +773,7 @@ def test_rejection_answered_after_earlier_requests(port):
         second = conn.read_response()
         third = conn.read_response()
 
-        assert conn.closed_within(READ_TIMEOUT)
+        assert conn.closed_within(PROMPT_CLOSE)
 
     assert first.json() == {'id': 1}
     assert second.json() == {'id': 2}
@@ -688,7 +792,7 @@ def test_bytes_after_upgrade_request_not_parsed(port):
 
         assert response.status == 200
         assert response.json() == {'id': 6}
-        assert conn.closed_within(READ_TIMEOUT)
+        assert conn.closed_within(PROMPT_CLOSE)
 
     assert accepted_paths(port) == before + ['/api/user/6']
 
@@ -745,7 +849,7 @@ def test_slow_headers_get_408(port):
 
         assert response.status == 408
         assert_json_error(response)
-        assert conn.closed_within(READ_TIMEOUT)
+        assert conn.closed_within(PROMPT_CLOSE)
 
     assert HEADER_TIMEOUT * 0.9 <= elapsed < HEADER_TIMEOUT + DEADLINE_SLACK
 
@@ -763,7 +867,7 @@ def test_trickled_headers_get_408(port):
         elapsed = time.monotonic() - started
 
         assert response is not None and response.status == 408
-        assert conn.closed_within(READ_TIMEOUT)
+        assert conn.closed_within(PROMPT_CLOSE)
 
     assert elapsed < HEADER_TIMEOUT + DEADLINE_SLACK
 
@@ -778,7 +882,7 @@ def test_slow_body_gets_408(port):
 
         assert response.status == 408
         assert_json_error(response)
-        assert conn.closed_within(READ_TIMEOUT)
+        assert conn.closed_within(PROMPT_CLOSE)
 
     assert BODY_TIMEOUT * 0.9 <= elapsed < BODY_TIMEOUT + DEADLINE_SLACK
     assert accepted_paths(port) == before
@@ -791,7 +895,7 @@ def test_slow_chunked_body_gets_408(port):
         response = conn.read_response()
 
         assert response.status == 408
-        assert conn.closed_within(READ_TIMEOUT)
+        assert conn.closed_within(PROMPT_CLOSE)
 
 
 def test_idle_keepalive_connection_closed(port):
@@ -815,34 +919,60 @@ def test_silent_connection_closed_without_response(port):
         assert time.monotonic() - started >= KEEPALIVE_TIMEOUT * 0.9
 
 
-def test_max_connections_refused():
+@pytest.fixture(scope='module')
+def limited_server():
     env = dict(LIMITS_ENV, WG_MAX_CONNECTIONS='2', WG_WORKERS='1')
-    with Server(APP, env=env) as limited:
-        limited.wait_ready(1)
-        first = RawConnection(limited.port)
-        second = RawConnection(limited.port)
-        try:
-            for conn in (first, second):
-                conn.send(request_bytes('GET', '/api/user/1'))
-                assert conn.read_response().status == 200
+    with Server(APP, env=env) as running:
+        running.wait_ready(1)
+        yield running
 
-            with RawConnection(limited.port) as refused:
-                response = refused.read_response()
 
-                assert response is not None and response.status == 503
-                assert_json_error(response)
-                assert refused.closed_within(READ_TIMEOUT)
+def open_served_connections(port: int, count: int) -> list[RawConnection]:
+    """Open ``count`` connections, each proven open by one answered request."""
+    connections = []
+    for _ in range(count):
+        conn = RawConnection(port)
+        connections.append(conn)
+        conn.send(request_bytes('GET', '/api/user/1'))
+        assert conn.read_response().status == 200
+    return connections
 
-            first.close()
 
-            def new_connection_served() -> bool:
-                response = fetch(limited.port, request_bytes('GET', '/api/user/2'))
-                return response is not None and response.status == 200
+def close_all(connections: list[RawConnection]) -> None:
+    for conn in connections:
+        conn.close()
 
-            assert wait_until(new_connection_served, timeout=10, interval=0.05)
-        finally:
-            first.close()
-            second.close()
+
+@pytest.mark.xfail(strict=True, reason='the 503 body is 37 bytes but Content-Length says 36: '
+                   'HttpProtocol.connection_made passes a hard-coded length to build_head')
+def test_max_connections_refused(limited_server):
+    connections = open_served_connections(limited_server.port, 2)
+    try:
+        with RawConnection(limited_server.port) as refused:
+            response = refused.read_response()
+
+            assert response is not None and response.status == 503
+            assert refused.closed_within(PROMPT_CLOSE), f'bytes after the body: {refused.buffer}'
+            assert_json_error(response)
+    finally:
+        close_all(connections)
+
+
+def test_max_connections_slot_freed_on_close(limited_server):
+    connections = open_served_connections(limited_server.port, 2)
+    try:
+        refused = fetch(limited_server.port, request_bytes('GET', '/api/user/2'))
+        assert refused is None or refused.status == 503
+
+        connections.pop().close()
+
+        def new_connection_served() -> bool:
+            response = fetch(limited_server.port, request_bytes('GET', '/api/user/2'))
+            return response is not None and response.status == 200
+
+        assert wait_until(new_connection_served, timeout=10, interval=0.05)
+    finally:
+        close_all(connections)
 
 
 # -- paths and query strings ----------------------------------------------
@@ -861,13 +991,18 @@ def test_max_connections_refused():
     ('/api/user/%2e/8', {'id': 8}),
     ('/../../api/user/9', {'id': 9}),
     ('/api//user//10', {'id': 10}),
-    ('/api/path/a%2Fb/c', {'path': '/api/path/a%2Fb/c'}),
 ])
 def test_path_percent_decoding(port, target, expected):
     response = get(port, target)
 
     assert response.status == 200, response.body
     assert response.json() == expected
+
+
+@pytest.mark.parametrize('target', ['/api/x/../echo', '/api/%65cho', '/api/./echo',
+                                    '/api/x/%2E%2E/echo'])
+def test_worker_sees_normalized_path(port, target):
+    assert get(port, target).json()['path'] == '/api/echo'
 
 
 def test_encoded_slash_does_not_split_segment(port):
@@ -1138,7 +1273,7 @@ def test_ipv6_loopback():
     with Server(APP, host='::1', env=dict(LIMITS_ENV, WG_WORKERS='1')) as running:
         running.wait_ready(1)
         with RawConnection(running.port, '::1') as conn:
-            conn.send(request_bytes('GET', '/api/echo', {'Host': '[::1]'}))
+            conn.send(request_bytes('GET', '/api/echo'))
             response = conn.read_response()
             local_port = conn.local_port()
 

@@ -46,7 +46,7 @@ from .constants import (
     PENDING_WORKER_DIED,
 )
 from .logs import Logger, RateLimiter
-from .metrics import Metrics
+from .metrics import Metrics, render_prometheus, status_document
 from .model import RejectRequest, Request, Response
 from .pool import WorkerPool, make_context
 from .protocol import ClientConnection, HttpProtocol
@@ -70,7 +70,7 @@ class Settings:
                  'max_headers', 'header_timeout', 'body_timeout',
                  'keepalive_timeout', 'max_connections', 'stream_buffer_limit',
                  'trusted_proxies', 'access_log', 'start_method', 'status_path',
-                 'metrics_path', 'backlog', 'configure_logging')
+                 'metrics_path', 'backlog', 'configure_logging', 'stream_ping_interval')
 
     DEFAULTS = {
         'max_content_length': 64 * 1024 * 1024,
@@ -89,6 +89,7 @@ class Settings:
         'metrics_path': None,
         'backlog': 1024,
         'configure_logging': True,
+        'stream_ping_interval': 15.0,
     }
 
     # Names uhttp-server's HttpServer takes, mapped onto ours.
@@ -169,6 +170,9 @@ class Dispatcher:
         self._max_pending = max_pending
         self._ssl_context = ssl_context
         self._settings = Settings(**kwargs)
+        if self._settings.configure_logging and not logging.getLogger('workgate').handlers:
+            # So that self.log works from __init__ on, before run().
+            logs.configure_logging(log_level)
         self._pending: dict[int, _PendingRequest] = {}
         self._timeouts: dict[WorkerPool, dict[int, float]] = {}
         self._request_ids = itertools.count(1)
@@ -183,6 +187,9 @@ class Dispatcher:
         self._drained: asyncio.Future | None = None
         self._log_limiter = RateLimiter(10.0)
         self.metrics = Metrics()
+        self._started_at = 0.0
+        self._ops_paths = frozenset(
+            path for path in (self._settings.status_path, self._settings.metrics_path) if path)
         self.bound_addresses: list[tuple] = []
         self.log = Logger(type(self).__name__, level=log_level, sink=self._log_sink)
         self.log.name = self._format_log_name()
@@ -372,6 +379,8 @@ class Dispatcher:
             protocol.send_error(client, 503, 'Server shutting down')
             return
         try:
+            if client.path in self._ops_paths and self._serve_ops(client):
+                return
             if self._mounts and self._serve_static(client):
                 return
             if len(self._sync_router) and self._handle_sync(client):
@@ -386,6 +395,25 @@ class Dispatcher:
             self._hook_failed('request handling')
             if not client.responded and not client.streaming:
                 protocol.send_error(client, 500, 'Internal server error')
+
+    def _serve_ops(self, client: ClientConnection) -> bool:
+        """Serve the opt-in status document or Prometheus metrics."""
+        if client.method not in ('GET', 'HEAD'):
+            return False
+        try:
+            self.do_check_sync(client)
+        except RejectRequest as err:
+            if not client.responded:
+                client.respond(err.data, err.status)
+            return True
+        if client.responded:
+            return True
+        if client.path == self._settings.status_path:
+            client.respond(status_document(self))
+        else:
+            body, content_type = render_prometheus(self)
+            client._protocol.send_response(client, 200, None, None, body, content_type)
+        return True
 
     def _serve_static(self, client: ClientConnection) -> bool:
         result = serve_static(self._mounts, client.method, client.path, client.headers)
@@ -717,6 +745,23 @@ class Dispatcher:
             except Exception:
                 self._hook_failed(f'supervision of pool {pool.name}')
 
+    def _ping_streams(self, now: float) -> None:
+        """Send an SSE comment on event streams idle for ``stream_ping_interval``.
+
+        Proxies and browsers drop connections that stay silent too long; a
+        comment line keeps them open and lets a dead client surface as a
+        failed write.
+        """
+        interval = self._settings.stream_ping_interval
+        if not interval:
+            return
+        for pending in list(self._pending.values()):
+            client = pending.client
+            if pending.streaming and client.is_event_stream \
+                    and now - client.last_write >= interval:
+                if not client._protocol.stream_write(client, b': ping\n\n'):
+                    self._client_gone(client)
+
     async def _periodic(self) -> None:
         sweeps = 0
         next_idle = time.monotonic() + self.SELECT_TIMEOUT
@@ -728,6 +773,7 @@ class Dispatcher:
             if sweeps % _CONNECTION_SWEEP_EVERY == 0:
                 for protocol in list(self._connections):
                     protocol.check_deadline(now)
+                self._ping_streams(now)
             if now >= next_idle:
                 next_idle = now + self.SELECT_TIMEOUT
                 try:
@@ -740,9 +786,6 @@ class Dispatcher:
     def run(self) -> None:
         """Start the pools and serve until SIGTERM or SIGINT, then shut down."""
         import uvloop
-        settings = self._settings
-        if settings.configure_logging:
-            logs.configure_logging(self.log.level)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(self._serve())
 
@@ -750,6 +793,7 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._running = True
+        self._started_at = time.monotonic()
         self._stop_event = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)

@@ -314,7 +314,11 @@ def detect_format(stream: TextIO) -> str:
     journal (systemd.exec(5)), and a child whose output was redirected
     elsewhere still inherits the variable.
     'color' needs a terminal and no ``NO_COLOR`` variable (no-color.org).
+    ``WORKGATE_LOG_FORMAT`` set to one of the three names overrides all that.
     """
+    forced = os.environ.get('WORKGATE_LOG_FORMAT', '').strip().lower()
+    if forced in FORMATS:
+        return forced
     if _is_journal_stream(stream):
         return 'journal'
     if not os.environ.get('NO_COLOR') and _is_tty(stream):

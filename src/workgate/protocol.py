@@ -149,7 +149,8 @@ class ClientConnection:
                  '_query', 'headers', 'body', '_data', '_parsed', '_cookies',
                  'http_version', 'keep_alive', 'expect_continue', 'request_id',
                  'started', 'responded', 'streaming', 'status', 'stream_owner',
-                 'response_bytes', 'head_only', 'error', 'pending', '__weakref__')
+                 'response_bytes', 'head_only', 'error', 'pending', 'last_write',
+                 'is_event_stream', '__weakref__')
 
     def __init__(self, protocol: HttpProtocol):
         self._protocol = protocol
@@ -176,6 +177,8 @@ class ClientConnection:
         self.head_only = False
         self.error: tuple[int, str] | None = None
         self.pending = None
+        self.last_write = 0.0
+        self.is_event_stream = False
 
     # -- request ----------------------------------------------------------
 
@@ -647,6 +650,8 @@ class HttpProtocol(asyncio.Protocol):
         client.keep_alive = keep_alive
         client.streaming = True
         client.status = 200
+        client.is_event_stream = content_type.startswith('text/event-stream')
+        client.last_write = time.monotonic()
         self.transport.write(head)
         return True
 
@@ -657,6 +662,7 @@ class HttpProtocol(asyncio.Protocol):
         if not size:
             return True
         client.response_bytes += size
+        client.last_write = time.monotonic()
         transport = self.transport
         if client.http_version == b'1.1':
             transport.writelines((b'%x\r\n' % size, data, b'\r\n'))

@@ -252,7 +252,16 @@ def make():
         static_routes=static_routes,
         max_pending=int(os.environ.get('WG_MAX_PENDING', '1000')),
         shutdown_timeout=float(os.environ.get('WG_SHUTDOWN_TIMEOUT', '5')),
+        status_path=os.environ.get('WG_STATUS_PATH'),
+        metrics_path=os.environ.get('WG_METRICS_PATH'),
     )
+
+
+def not_a_dispatcher():
+    return 42
+
+
+NOT_CALLABLE = 'just a string'
 
 
 class StoreWorker(CoreWorker):

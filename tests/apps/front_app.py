@@ -11,14 +11,16 @@ Environment variables (all optional):
   with a Cache-Control header, at ``/assets/``.
 - ``WG_WORKERS``: worker processes in the ``/api/**`` pool (default 2).
 
-The dispatcher keeps the paths of the requests it queued to a pool, in
-order; ``GET /sync/accepted`` returns them, so a test can prove that a
-rejected request never reached a worker. Every worker answer carries
-``X-Handled-By: worker``.
+The dispatcher keeps the path and client address of every request it
+queued to a pool, in order. ``GET /sync/accepted`` returns the paths, and
+``GET /sync/accepted?peer=HOST:PORT`` only those from that client address,
+so a test can prove that a rejected request never reached a worker. Every
+worker answer carries ``X-Handled-By: worker``.
 """
 
 import hashlib
 import os
+import time
 
 import workgate as _workers
 
@@ -65,9 +67,10 @@ class FrontWorker(_workers.Worker):
     def name(self, request):
         return {'name': request.path_params['name']}, 200, WORKER_HEADERS
 
-    @_workers.api('/api/path/**', 'GET')
-    def any_path(self, request):
-        return {'path': request.path}, 200, WORKER_HEADERS
+    @_workers.api('/api/sleep/{seconds:float}', 'GET')
+    def sleep(self, request):
+        time.sleep(request.path_params['seconds'])
+        return {'slept': request.path_params['seconds']}, 200, WORKER_HEADERS
 
     @_workers.api('/api/bad-header', 'GET')
     def bad_header(self, request):
@@ -77,15 +80,17 @@ class FrontWorker(_workers.Worker):
 class FrontDispatcher(_workers.Dispatcher):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.accepted_paths = []
+        self.accepted = []
 
     def on_request_accepted(self, request_id, client, pool):
-        self.accepted_paths.append(client.path)
+        self.accepted.append((client.remote_address, client.path))
         return None
 
     @_workers.sync('/sync/accepted', 'GET')
-    def accepted(self, client, path_params):
-        client.respond({'paths': self.accepted_paths})
+    def accepted_paths(self, client, path_params):
+        peer = (client.query or {}).get('peer')
+        paths = [path for address, path in self.accepted if peer is None or address == peer]
+        client.respond({'paths': paths})
 
     @_workers.sync('/sync/client', 'GET')
     def client_info(self, client, path_params):
