@@ -101,8 +101,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--startup-timeout",
         type=float,
         default=float(_env_default("STARTUP_TIMEOUT", "30")),
-        help="seconds to wait for a server to answer after its start "
+        help="seconds a server may take to return 200 for GET /hello after its start "
         "(default 30, env BENCH_STARTUP_TIMEOUT)",
+    )
+    parser.add_argument(
+        "--idle-wait",
+        type=float,
+        default=float(_env_default("IDLE_WAIT", "15")),
+        help="seconds to wait before each case for other programs to use less "
+        "than a quarter of a core (default 15, 0 does not wait; env BENCH_IDLE_WAIT)",
     )
     parser.add_argument(
         "--time-limit",

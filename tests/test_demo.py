@@ -5,6 +5,7 @@ temporary folder. The requests follow the curl walkthrough in README.md.
 """
 
 import hashlib
+import json
 import lzma
 import os
 import signal
@@ -24,6 +25,11 @@ API_KEY = 'test-key-0123'
 STARTUP_TIMEOUT = 30.0
 SHUTDOWN_TIMEOUT = 30.0
 POLL_INTERVAL = 0.05
+EVENT_TIMEOUT = 5.0
+EVENTS_PATH = '/api/results/events'
+# Upper bound on the events a test reads while looking for one; earlier
+# tests' uploads may still be arriving at the storage worker.
+MAX_EVENTS_READ = 50
 
 # Compressible text followed by random bytes, so the zlib and lzma sizes
 # differ from each other and from the input size.
@@ -176,6 +182,50 @@ def wait_for_stored(client, result_id):
         time.sleep(POLL_INTERVAL)
 
 
+def wait_for_log_line(demo, text, timeout=EVENT_TIMEOUT):
+    """Poll the demo's output until a line contains text; fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while text not in demo.log_text():
+        if time.monotonic() > deadline:
+            pytest.fail(f'no log line with {text!r} after {timeout} s. '
+                        f'Demo output:\n{demo.log_text()}')
+        time.sleep(POLL_INTERVAL)
+
+
+def iter_events(response):
+    """Yield (event name, JSON data) for each event of a text/event-stream."""
+    name, data = None, []
+    for line in response.iter_lines():
+        if line == '':
+            if data:
+                yield name or 'message', json.loads('\n'.join(data))
+            name, data = None, []
+            continue
+        if line.startswith(':'):
+            continue
+        field, _, value = line.partition(':')
+        value = value.removeprefix(' ')
+        if field == 'event':
+            name = value
+        elif field == 'data':
+            data.append(value)
+
+
+def next_event(events, name, match=lambda data: True):
+    """Return the data of the next event called name for which match() is true.
+
+    Skips other events, reads at most MAX_EVENTS_READ of them, and fails
+    when the stream stays silent for the client's read timeout.
+    """
+    try:
+        for _, (event_name, data) in zip(range(MAX_EVENTS_READ), events, strict=False):
+            if event_name == name and match(data):
+                return data
+    except httpx.ReadTimeout:
+        pytest.fail(f'no {name!r} event within {EVENT_TIMEOUT} s')
+    pytest.fail(f'no matching {name!r} event in {MAX_EVENTS_READ} events')
+
+
 def test_health_lists_both_pools(demo):
     response = demo.client.get('/health')
 
@@ -268,6 +318,55 @@ def test_upload_invalid_input(demo, params, body, content_type, status):
 
     assert response.status_code == status, response.text
     assert 'error' in response.json()
+
+
+def test_event_stream_sends_results(demo):
+    with httpx.Client(base_url=demo.base_url, timeout=EVENT_TIMEOUT) as stream_client:
+        with stream_client.stream(
+                'GET', EVENTS_PATH, params={'key': API_KEY}) as response:
+            assert response.status_code == 200
+            assert response.headers['content-type'].startswith('text/event-stream')
+            events = iter_events(response)
+            hello = next_event(events, 'hello')
+            assert hello['subscribers'] == 1
+
+            uploaded = upload(demo.client, SAMPLE, name='streamed.txt').json()
+            stored = next_event(events, 'result', lambda r: r['id'] == uploaded['id'])
+            assert stored['sha256'] == hashlib.sha256(SAMPLE).hexdigest()
+            assert stored == uploaded
+
+            deleted = demo.client.delete(
+                f"/api/results/{uploaded['id']}", headers={'X-API-Key': API_KEY})
+            assert deleted.status_code == 200
+            gone = next_event(events, 'deleted')
+            assert gone == {'id': uploaded['id']}
+
+    # Closing the client closed the connection. The dispatcher tells the
+    # storage worker, whose on_disconnect() drops the subscriber and logs it.
+    wait_for_log_line(demo, f"subscriber {hello['subscriber']} left (0 open)")
+    with httpx.Client(base_url=demo.base_url, timeout=EVENT_TIMEOUT) as stream_client:
+        with stream_client.stream(
+                'GET', EVENTS_PATH, headers={'X-API-Key': API_KEY}) as response:
+            assert response.status_code == 200
+            again = next_event(iter_events(response), 'hello')
+    assert again['subscribers'] == 1
+    assert again['subscriber'] != hello['subscriber']
+
+
+@pytest.mark.parametrize(('path', 'params', 'error'), [
+    (EVENTS_PATH, {'key': 'wrong-key'},
+     'missing or invalid API key: send the X-API-Key header or ?key='),
+    (EVENTS_PATH, {'key': [API_KEY, API_KEY]},
+     'missing or invalid API key: send the X-API-Key header or ?key='),
+    (EVENTS_PATH, {},
+     'missing or invalid API key: send the X-API-Key header or ?key='),
+    ('/api/results', {'key': API_KEY}, 'missing or invalid X-API-Key header'),
+], ids=['stream-wrong-key', 'stream-key-twice', 'stream-no-key', 'query-key-elsewhere'])
+def test_query_key_only_for_event_stream(demo, path, params, error):
+    response = demo.client.get(path, params=params)
+
+    assert response.status_code == 401
+    assert response.json() == {'error': error}
 
 
 def test_internal_route_not_reachable(demo):

@@ -26,6 +26,8 @@ POOL_TIMEOUT = 2.0
 STREAM_BUFFER_LIMIT = 64 * 1024
 EVENT_TIMEOUT = 5.0
 SOCKET_TIMEOUT = 5.0
+PING_INTERVAL = 0.3
+KEEPALIVE_TIMEOUT = 0.5
 
 
 # -- helpers ---------------------------------------------------------------
@@ -528,6 +530,36 @@ def test_stream_on_http10_ends_by_close(server):
     assert [json.loads(line) for line in lines] == SAMPLE_NDJSON
 
 
+def test_request_pipelined_behind_stream(server):
+    with RawConnection(server.port) as connection:
+        connection.send_request('GET', '/api/sse-sample')
+        connection.send_request('GET', '/api/hello')
+        status, _, headers = connection.read_head()
+        chunks = connection.read_chunked_body()
+        second_status, _, second_body = connection.read_response()
+
+    assert status == 200
+    assert headers['content-type'].startswith('text/event-stream')
+    assert len(SseParser().feed(b''.join(chunks).decode())) == len(SAMPLE_EVENTS)
+    assert second_status == 200
+    assert json.loads(second_body)['hello'] == 'world'
+
+
+@pytest.mark.xfail(strict=True, reason='a HEAD request to a stream route gets the '
+                   'chunked body, which the client reads as the next response')
+def test_head_on_stream_sends_no_body(server):
+    with RawConnection(server.port) as connection:
+        connection.send_request('HEAD', '/api/ndjson')
+        connection.send_request('GET', '/api/hello')
+        status, _, headers = connection.read_head()
+        next_line = connection.read_line()
+
+    assert status == 200
+    assert headers['content-type'].startswith('application/x-ndjson')
+    assert next_line.startswith(b'HTTP/1.1 200'), \
+        f'bytes after the HEAD response head: {next_line[:40]!r}'
+
+
 # -- stream lifecycle ------------------------------------------------------
 
 
@@ -668,20 +700,115 @@ def test_slow_reader_stream_closed(server, http, events_path):
     assert tracebacks(server, lines_before) == []
 
 
-@pytest.mark.xfail(strict=True, reason='the Dispatcher has no stream_ping_interval setting')
-def test_stream_ping_keeps_idle_stream(tmp_path):
-    """An idle stream gets comment lines every ``stream_ping_interval`` seconds."""
-    server = start_server(tmp_path / 'events.jsonl', WG_PING_INTERVAL='0.3')
+@pytest.fixture(scope='module')
+def ping_server(tmp_path_factory):
+    events = tmp_path_factory.mktemp('ping') / 'events.jsonl'
+    server = start_server(events, WG_PING_INTERVAL=str(PING_INTERVAL),
+                          WG_KEEPALIVE_TIMEOUT=str(KEEPALIVE_TIMEOUT))
     try:
-        connection, parser, _ = subscribe(server, unique_topic('ping'))
-        with connection:
-            deadline = time.monotonic() + 3.0
-            while not parser.comments and time.monotonic() < deadline:
-                parser.feed(connection.read_chunk().decode())
+        yield server
     finally:
         server.kill()
 
-    assert parser.comments, 'no comment line arrived on an idle stream within 3 s'
+
+def read_comments(connection, parser, count, timeout):
+    """Read an idle event stream until ``count`` comment lines arrived."""
+    deadline = time.monotonic() + timeout
+    while len(parser.comments) < count and time.monotonic() < deadline:
+        events = parser.feed(connection.read_chunk().decode())
+        assert events == [], f'an idle stream received events: {events}'
+    return len(parser.comments)
+
+
+def test_idle_event_stream_gets_pings(ping_server):
+    connection, parser, _ = subscribe(ping_server, unique_topic('ping'))
+    with connection:
+        started = time.monotonic()
+        comments = read_comments(connection, parser, 2, timeout=10 * PING_INTERVAL)
+        elapsed = time.monotonic() - started
+
+    assert comments >= 2, f'{comments} comment lines in {elapsed:.1f} s'
+    assert elapsed >= PING_INTERVAL
+    assert not parser.incomplete
+
+
+def test_stream_outlives_keepalive_timeout(ping_server):
+    """The idle keep-alive timeout applies between requests, not to an open stream."""
+    topic = unique_topic('long')
+    connection, parser, _ = subscribe(ping_server, topic)
+    with connection:
+        started = time.monotonic()
+        read_comments(connection, parser, 3, timeout=10 * PING_INTERVAL)
+        elapsed = time.monotonic() - started
+        emitted = httpx.post(ping_server.url(f'/api/emit/{topic}'), json={'data': 'late'},
+                             timeout=SOCKET_TIMEOUT)
+        [late] = connection.read_sse(parser)
+
+    assert elapsed > KEEPALIVE_TIMEOUT
+    assert emitted.json() == {'sent': 1}
+    assert late == {'data': 'late'}
+
+
+def test_idle_ndjson_stream_gets_no_pings(ping_server):
+    """Only text/event-stream has comments; a ping would break an NDJSON line."""
+    topic = unique_topic('quiet')
+    with RawConnection(ping_server.port) as quiet:
+        quiet.send_request('GET', f'/api/ndjson/{topic}')
+        status, _, headers = quiet.read_head()
+        first = quiet.read_chunk()
+
+        # Two pings on an event stream opened later prove that the NDJSON
+        # stream was idle for more than the ping interval.
+        connection, parser, _ = subscribe(ping_server, unique_topic('ping'))
+        with connection:
+            assert read_comments(connection, parser, 2, timeout=10 * PING_INTERVAL) >= 2
+
+        ended = httpx.post(ping_server.url(f'/api/end/{topic}'), timeout=SOCKET_TIMEOUT)
+        rest = b''.join(quiet.read_chunked_body())
+
+    assert status == 200
+    assert headers['content-type'].startswith('application/x-ndjson')
+    assert json.loads(first)['request_id'] > 0
+    assert ended.json() == {'ended': 1}
+    assert rest == b''
+
+
+def test_deferred_past_timeout_gets_504(server, http, events_path):
+    topic = unique_topic('timeout')
+    connection, request_id = start_wait(server, events_path, topic)
+    with connection:
+        status, _, body = connection.read_response()
+
+    assert status == 504
+    assert json.loads(body) == {'error': 'Request timeout'}
+    assert wait_removed(events_path, request_id)['reason'] == 'TIMEOUT'
+    lines_before = len(server.lines)
+    assert http.post(f'/api/publish/{topic}', json=1).json() == {'answered': 1}
+    settle(http)
+    assert len(removed_events(events_path, request_id)) == 1
+    assert tracebacks(server, lines_before) == []
+
+
+def test_shutdown_closes_streams(tmp_path):
+    events = tmp_path / 'events.jsonl'
+    server = start_server(events)
+    try:
+        stream, _, stream_id = subscribe(server, unique_topic('shutdown'))
+        waiter, waiter_id = start_wait(server, events, unique_topic('shutdown'))
+        with stream, waiter:
+            server.process.send_signal(signal.SIGTERM)
+            ending = stream.wait_stream_closed()
+            status, _, _ = waiter.read_response()
+        exit_code = server.process.wait(SOCKET_TIMEOUT + 5)
+    finally:
+        server.kill()
+
+    assert ending in ('last-chunk', 'closed')
+    assert status == 503
+    assert exit_code == 0
+    for request_id in (stream_id, waiter_id):
+        removed = removed_events(events, request_id)
+        assert [event['reason'] for event in removed] == ['SHUTDOWN']
 
 
 # -- worker deaths ---------------------------------------------------------
@@ -732,3 +859,29 @@ def test_worker_sigkill_closes_stream(crash_server, crash_events_path):
     crash_server.wait_ready(ready_before + 1)
     assert httpx.get(crash_server.url('/api/hello')).status_code == 200
     assert len(removed_events(path, request_id)) == 1
+
+
+@pytest.mark.xfail(strict=True, reason='a stream cut by a worker death ends with the '
+                   'last chunk, so the client cannot tell it from a complete stream')
+def test_worker_death_marks_stream_incomplete(crash_server):
+    """A stream its worker never ended must not end like a complete response.
+
+    HTTP/1.1 clients take the zero-size last chunk as the end of a complete
+    body, so an NDJSON download cut short by a crash would look whole.
+    Closing the connection without the last chunk lets them see the loss.
+    """
+    ready_before = len(crash_server.ready_lines())
+    try:
+        with RawConnection(crash_server.port) as connection:
+            connection.send_request('GET', f'/api/ndjson/{unique_topic("cut")}')
+            status, _, _ = connection.read_head()
+            first = connection.read_chunk()
+            crash = httpx.get(crash_server.url('/api/crash'), timeout=SOCKET_TIMEOUT)
+            ending = connection.wait_stream_closed()
+    finally:
+        crash_server.wait_ready(ready_before + 1)
+
+    assert status == 200
+    assert json.loads(first)['request_id'] > 0
+    assert crash.status_code == 500
+    assert ending == 'closed'

@@ -110,6 +110,36 @@ def _queued(server):
     return _pool_status(server)['queue_size']
 
 
+def test_requests_sent_ahead_survive_a_crash(tmp_path):
+    srv, events = start(tmp_path, WG_WORKERS=1, workers_ready=2)
+    try:
+        with httpx.Client(base_url=srv.url(), timeout=15) as client:
+            for _ in range(200):  # fast handlers teach the pool to send ahead
+                client.get('/w/pid')
+        results = []
+
+        def call(path):
+            results.append((path, get(srv, path).status_code))
+
+        head = threading.Thread(target=call, args=('/w/sleep/0.5',))
+        head.start()
+        assert wait_until(lambda: _held(srv) == 1)
+        followers = [threading.Thread(target=call, args=('/w/pid',)) for _ in range(4)]
+        for thread in followers:
+            thread.start()
+        assert wait_until(lambda: _pool_status(srv)['workers'][0]['inbox'] >= 2), \
+            'no quick request was sent ahead to the busy worker'
+        assert wait_until(lambda: _pool_status(srv)['pending_count'] == 5)
+        os.kill(worker_pids(srv)[0], signal.SIGKILL)
+        for thread in [head, *followers]:
+            thread.join(15)
+        assert sorted(results) == [('/w/pid', 200)] * 4 + [('/w/sleep/0.5', 500)]
+        died = events_of(events, 'died')[-1]
+        assert len(died['victims']) == 1
+    finally:
+        srv.kill()
+
+
 def test_stuck_worker_is_killed_with_its_children(tmp_path):
     srv, events = start(tmp_path, WG_STUCK=1, WG_TIMEOUT=30, WG_HEARTBEAT=0.2)
     try:

@@ -1,8 +1,8 @@
 """Benchmark app for the worker-pool servers: workgate and uhttp-workers.
 
 Both packages expose the same API, so one source serves both. The
-BENCH_WORKERS_MODULE environment variable names the module to import
-(`workgate` or `uhttp.workers`); it is read at import time, so worker
+BENCH_WORKERS_MODULE environment variable names the module to import:
+`workgate` or `uhttp.workers`. It is read at import time, so worker
 processes started by spawn or forkserver import the same package as the
 dispatcher. Routes:
 
@@ -23,6 +23,12 @@ _workers = importlib.import_module(WORKERS_MODULE)
 # uhttp-server rejects bodies over 512 KiB by default; the upload workload
 # posts 1 MiB, so both servers get the same explicit limit.
 MAX_CONTENT_LENGTH = 2 * 1024 * 1024
+
+# No server in the benchmark writes an access log: uvicorn runs with
+# --no-access-log, gunicorn and uhttp-workers write none by default, and
+# nginx has `access_log off`. workgate writes one unless access_log=False.
+# uhttp-workers hands that keyword to uhttp-server 2.6.2, which ignores it.
+ACCESS_LOG = False
 
 
 class BenchWorker(_workers.Worker):
@@ -52,4 +58,5 @@ def build_dispatcher(port: int, num_workers: int):
         shutdown_timeout=2,
         log_level=_workers.LOG_WARNING,
         max_content_length=MAX_CONTENT_LENGTH,
+        access_log=ACCESS_LOG,
     )

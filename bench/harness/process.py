@@ -1,6 +1,6 @@
 """Start and stop server processes so that none outlives the benchmark.
 
-Each server starts in its own session, so its process group holds the
+Each server starts in its own session, so its process group contains the
 server and every child that does not leave the group. Before a stop, the
 harness also records every descendant (pid and start time from /proc),
 because a server may move its workers into other process groups. Stopping
@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 # Every server started and not yet stopped, so that an interrupted run can
 # stop them all.
@@ -28,68 +29,58 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _cpu_times() -> tuple[int, int]:
-    """Return (busy, total) clock ticks summed over all CPUs since boot."""
-    fields = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    # guest and guest_nice (fields 8 and 9) are already counted in user.
-    total = sum(fields[:8])
-    return total - idle, total
+class ProcStat(NamedTuple):
+    """Fields of /proc/PID/stat; times are in clock ticks."""
+
+    parent: int
+    start_time: int
+    # User and system time of the process and of its reaped children.
+    cpu_ticks: int
 
 
-def busy_cores(interval: float) -> float:
-    """Return how many cores' worth of CPU was busy during `interval` seconds."""
-    busy_start, total_start = _cpu_times()
-    time.sleep(interval)
-    busy_end, total_end = _cpu_times()
-    if total_end == total_start:
-        return 0.0
-    fraction = (busy_end - busy_start) / (total_end - total_start)
-    return fraction * (os.cpu_count() or 1)
-
-
-def _read_stat(pid: int) -> tuple[int, int] | None:
-    """Return (parent pid, start time in clock ticks) of `pid`.
-
-    Returns None when the process is gone or is a zombie.
-    """
+def read_stat(pid: int) -> ProcStat | None:
+    """Return the /proc/PID/stat fields of `pid`, or None if gone or a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name in brackets may contain spaces, so split after it.
+    # fields[0] is field 3 of proc(5), the state.
     fields = stat[stat.rindex(")") + 2 :].split()
     if fields[0] == "Z":
         return None
-    return int(fields[1]), int(fields[19])
+    return ProcStat(
+        parent=int(fields[1]),
+        start_time=int(fields[19]),
+        cpu_ticks=sum(int(n) for n in fields[11:15]),
+    )
 
 
-def _descendants(root_pid: int) -> list[tuple[int, int]]:
-    """Return (pid, start time) of every live descendant of `root_pid`."""
+def descendants(root_pid: int) -> dict[int, ProcStat]:
+    """Return the live descendants of `root_pid`, by pid."""
+    stats = {}
     children: dict[int, list[int]] = {}
-    start_times: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        stat = _read_stat(int(entry))
+        stat = read_stat(int(entry))
         if stat is None:
             continue
-        parent, start_time = stat
-        children.setdefault(parent, []).append(int(entry))
-        start_times[int(entry)] = start_time
+        stats[int(entry)] = stat
+        children.setdefault(stat.parent, []).append(int(entry))
 
-    found = []
+    found = {}
     stack = list(children.get(root_pid, []))
     while stack:
         pid = stack.pop()
-        found.append((pid, start_times[pid]))
+        found[pid] = stats[pid]
         stack.extend(children.get(pid, []))
     return found
 
 
 def _is_same_process(pid: int, start_time: int) -> bool:
-    stat = _read_stat(pid)
-    return stat is not None and stat[1] == start_time
+    stat = read_stat(pid)
+    return stat is not None and stat.start_time == start_time
 
 
 class ServerProcess:
@@ -101,15 +92,19 @@ class ServerProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         # Closed in stop(), after the server has exited.
         self._log = open(log_path, "wb")
-        self.popen = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        try:
+            self.popen = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError:
+            self._log.close()
+            raise
         _live_servers.append(self)
 
     @property
@@ -133,7 +128,7 @@ class ServerProcess:
             if self.popen.poll() is not None:
                 raise RuntimeError(
                     f"server exited with code {self.popen.returncode} before "
-                    f"answering; last output:\n{self.log_tail()}"
+                    f"responding; last output:\n{self.log_tail()}"
                 )
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
@@ -150,7 +145,7 @@ class ServerProcess:
                 last_error = f"GET {path} failed: {err!r}"
             time.sleep(0.1)
         raise RuntimeError(
-            f"server did not answer within {timeout:g} s ({last_error}); "
+            f"server did not return 200 within {timeout:g} s ({last_error}); "
             f"last output:\n{self.log_tail()}"
         )
 
@@ -158,7 +153,7 @@ class ServerProcess:
         """Stop the server and all its descendants: SIGTERM, then SIGKILL."""
         if self not in _live_servers:
             return
-        descendants = _descendants(self.pid)
+        recorded = [(pid, stat.start_time) for pid, stat in descendants(self.pid).items()]
 
         self._signal_group(signal.SIGTERM)
         try:
@@ -167,12 +162,12 @@ class ServerProcess:
             pass
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(
-            _is_same_process(pid, start) for pid, start in descendants
+            _is_same_process(pid, start) for pid, start in recorded
         ):
             time.sleep(0.05)
 
         self._signal_group(signal.SIGKILL)
-        for pid, start_time in descendants:
+        for pid, start_time in recorded:
             if _is_same_process(pid, start_time):
                 try:
                     os.kill(pid, signal.SIGKILL)

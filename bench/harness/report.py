@@ -2,16 +2,13 @@
 
 from dataclasses import dataclass
 
+from harness.cpuload import DISTURBED_CORES
 from harness.workloads import Calibration, CaseResult, Workload
-
-# Cores' worth of CPU used by other programs, measured just before a case,
-# above which its row is marked: the figures of that row are suspect.
-BUSY_CORES_WARNING = 0.25
 
 
 @dataclass
 class Row:
-    """One table row; `ratio` is computed as the `reference` text says."""
+    """One table row; the `reference` text names how `ratio` was computed."""
 
     workload: str
     server: str
@@ -37,8 +34,9 @@ def _result_text(case: CaseResult, kind: str) -> str:
         text = f"p50 {p50:,.0f} µs, p99 {p99:,.0f} µs ({text})"
     if case.failed_responses:
         text += f" [{case.failed_responses} failed]"
-    if (case.busy_cores_before or 0.0) >= BUSY_CORES_WARNING:
-        text += f" [machine busy: {case.busy_cores_before:.1f} cores]"
+    other = max(case.other_cores, default=0.0)
+    if other >= DISTURBED_CORES:
+        text += f" [other load {other:.1f} cores]"
     return text
 
 

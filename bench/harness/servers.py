@@ -17,7 +17,7 @@ BENCH_DIR = Path(__file__).resolve().parent.parent
 APPS_DIR = BENCH_DIR / "apps"
 
 # Worker processes for every multi-process server (workgate, uhttp-workers,
-# gunicorn); the benchmark machine is expected to have this many cores.
+# gunicorn). The cores' limit of the CPU workload counts min(workers, cores).
 NUM_WORKERS = 2
 
 WORKGATE_IMPORT_CHECK = "import workgate; workgate.Dispatcher, workgate.WorkerPool, workgate.Worker"

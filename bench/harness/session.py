@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from harness import servers
+from harness.cpuload import DISTURBED_CORES, wait_until_idle
 from harness.process import stop_all_servers
 from harness.report import Row, compare, markdown_table
 from harness.workloads import (
@@ -51,7 +52,7 @@ def raise_time_limit(signum, frame):
 
 @dataclass
 class ServerChoice:
-    """Which server starts for each key, and which are skipped and why."""
+    """Server spec to start for each key, and the skipped servers with the reason."""
 
     specs: dict[str, servers.ServerSpec]
     skipped: dict[str, str] = field(default_factory=dict)
@@ -168,7 +169,11 @@ def run_workloads(
             case = _run_one(key, workload, choice, settings, cpu_loops)
             cases.append(case)
             if case.ok:
-                print(f"{case.median('requests_per_sec'):,.0f} req/s")
+                other = max(case.other_cores, default=0.0)
+                print(
+                    f"{case.median('requests_per_sec'):,.0f} req/s "
+                    f"(other programs used up to {other:.2f} cores)"
+                )
             else:
                 print("failed")
                 outcome.failures.append(f"{workload.key} / {case.label}: {case.error}")
@@ -223,6 +228,7 @@ def measure(args: argparse.Namespace, log_dir: Path) -> int:
         warmup=args.warmup,
         repeats=args.repeats,
         startup_timeout=args.startup_timeout,
+        idle_wait=args.idle_wait,
         log_dir=log_dir,
     )
 
@@ -230,6 +236,7 @@ def measure(args: argparse.Namespace, log_dir: Path) -> int:
     outcome = Outcome()
     try:
         if "cpu" in args.only_keys:
+            wait_until_idle(DISTURBED_CORES, args.idle_wait)
             calibration = calibrate(args.cpu_ms)
             print(
                 f"CPU calibration: {calibration.loops} loops take "

@@ -1,7 +1,7 @@
 """The four workloads, CPU calibration, and one measured case.
 
 A case is one workload against one server: start the server on a free
-port, wait until it answers, check one response body, warm up, run wrk
+port, wait until it returns 200, check one response body, warm up, run wrk
 `repeats` times, and stop the server.
 """
 
@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.process import ServerProcess, busy_cores, free_port
+from harness.cpuload import DISTURBED_CORES, OtherLoad, wait_until_idle
+from harness.process import ServerProcess, free_port
 from harness.servers import APPS_DIR, BENCH_DIR, NUM_WORKERS, ServerSpec, server_env
 from harness.wrk import WrkResult, run_wrk
 
@@ -76,6 +77,7 @@ class Settings:
     warmup: int
     repeats: int
     startup_timeout: float
+    idle_wait: float
     log_dir: Path
 
 
@@ -88,9 +90,11 @@ class CaseResult:
     stand_in: bool
     runs: list[WrkResult] = field(default_factory=list)
     error: str | None = None
-    # Cores' worth of CPU that other programs used in the second before the
-    # server started; other work on the machine skews every figure.
-    busy_cores_before: float | None = None
+    # Cores' worth of CPU used by programs other than wrk and the server:
+    # in the last second before the server started, and during each
+    # measured run.
+    other_cores_before: float | None = None
+    other_cores: list[float] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -116,7 +120,8 @@ class CaseResult:
             "median_p50_us": self.median("p50_us"),
             "median_p99_us": self.median("p99_us"),
             "failed_responses": self.failed_responses,
-            "busy_cores_before": self.busy_cores_before,
+            "other_cores_before": self.other_cores_before,
+            "other_cores": self.other_cores,
             "runs": [run.to_dict() for run in self.runs],
         }
 
@@ -200,7 +205,7 @@ def build_workloads(cpu_loops: int) -> list[Workload]:
 
 
 def check_response(workload: Workload, port: int) -> None:
-    """Send the workload's request once; raise RuntimeError on a wrong answer."""
+    """Send the workload's request once; raise RuntimeError on an unexpected response."""
     headers = {}
     if workload.body is not None:
         headers["Content-Type"] = "application/octet-stream"
@@ -217,15 +222,49 @@ def check_response(workload: Workload, port: int) -> None:
             f"{workload.method} {workload.path} returned status {response.status}: {raw[:200]!r}"
         )
     try:
-        answer = json.loads(raw)
+        decoded = json.loads(raw)
     except ValueError as err:
         raise RuntimeError(
             f"{workload.method} {workload.path} returned invalid JSON ({err}): {raw[:200]!r}"
         ) from err
-    if answer != workload.expected:
+    if decoded != workload.expected:
         raise RuntimeError(
-            f"{workload.method} {workload.path} returned {answer!r}, expected {workload.expected!r}"
+            f"{workload.method} {workload.path} returned {decoded!r}, "
+            f"expected {workload.expected!r}"
         )
+
+
+def _measure(
+    workload: Workload, port: int, settings: Settings, server_pid: int, result: CaseResult
+) -> None:
+    """Warm up, then add `settings.repeats` measured wrk runs to `result`."""
+    url = f"http://127.0.0.1:{port}{workload.path}"
+
+    def run(duration: int) -> WrkResult:
+        return run_wrk(
+            url,
+            threads=1,
+            connections=workload.connections,
+            duration=duration,
+            script=workload.script,
+            latency=workload.latency,
+        )
+
+    if settings.warmup > 0:
+        run(settings.warmup)
+    for _ in range(settings.repeats):
+        other_load = OtherLoad(server_pid)
+        result.runs.append(run(settings.duration))
+        result.other_cores.append(other_load.cores())
+
+
+_CASE_ERRORS = (
+    RuntimeError,
+    ValueError,
+    OSError,
+    http.client.HTTPException,
+    subprocess.SubprocessError,
+)
 
 
 def run_case(
@@ -233,43 +272,27 @@ def run_case(
 ) -> CaseResult:
     """Measure `workload` against the server `spec`; errors go into the result."""
     result = CaseResult(server=spec.key, label=spec.label, stand_in=spec.stand_in)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}{workload.path}"
     log_path = settings.log_dir / f"{workload.key}-{spec.key}.log"
-    result.busy_cores_before = busy_cores(1.0)
+    result.other_cores_before = wait_until_idle(DISTURBED_CORES, settings.idle_wait)
+    port = free_port()
 
     with tempfile.TemporaryDirectory(prefix="workgate-bench-") as scratch:
-        server = ServerProcess(
-            spec.argv(port, Path(scratch)),
-            cwd=APPS_DIR,
-            env=server_env(spec, cpu_loops),
-            log_path=log_path,
-        )
+        try:
+            server = ServerProcess(
+                spec.argv(port, Path(scratch)),
+                cwd=APPS_DIR,
+                env=server_env(spec, cpu_loops),
+                log_path=log_path,
+            )
+        except OSError as err:
+            result.error = f"could not start {spec.key}: {err}"
+            return result
+
         try:
             server.wait_ready(port, "/hello", settings.startup_timeout)
             check_response(workload, port)
-
-            def measure(duration: int) -> WrkResult:
-                return run_wrk(
-                    url,
-                    threads=1,
-                    connections=workload.connections,
-                    duration=duration,
-                    script=workload.script,
-                    latency=workload.latency,
-                )
-
-            if settings.warmup > 0:
-                measure(settings.warmup)
-            for _ in range(settings.repeats):
-                result.runs.append(measure(settings.duration))
-        except (
-            RuntimeError,
-            ValueError,
-            OSError,
-            http.client.HTTPException,
-            subprocess.SubprocessError,
-        ) as err:
+            _measure(workload, port, settings, server.pid, result)
+        except _CASE_ERRORS as err:
             result.error = f"{err} (server log: {log_path})"
         finally:
             server.stop()

@@ -11,7 +11,10 @@ Processes and routes:
   to the storage pool.
 - ``StorageWorker`` (1 process, one SQLite connection) stores forwarded
   results and serves ``GET /api/results``, ``GET /api/results/{id}`` and
-  ``DELETE /api/results/{id}``.
+  ``DELETE /api/results/{id}``. ``GET /api/results/events`` opens a
+  Server-Sent Events stream that sends every result as it is stored and the
+  id of every deleted result. Browsers cannot set headers on an EventSource
+  request, so this path also accepts the key as the ``key`` query parameter.
 
 Run from this folder: ``python app.py [--host H] [--port P] [--data-dir D]``.
 The API key is read from the WORKGATE_DEMO_KEY environment variable
@@ -40,6 +43,13 @@ MAX_NAME_LENGTH = 200
 DEFAULT_LEVEL = 6
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 500
+# Each subscriber holds a connection and a slot in the dispatcher's
+# in-flight table until it disconnects.
+MAX_SUBSCRIBERS = 100
+# Milliseconds an EventSource waits before it reconnects after losing the
+# stream. Browsers default to about 3 s.
+RECONNECT_DELAY_MS = 2000
+EVENTS_ROUTE = '/api/results/events'
 
 # Forwarded results go to this path. The dispatcher rejects client requests
 # under /internal/, so only workers can reach it, through forward().
@@ -165,13 +175,18 @@ class StorageWorker(_workers.Worker):
     """Worker with one SQLite connection, run as a pool of one process.
 
     A single process handles requests in arrival order, so a forwarded
-    result is stored before any read that arrives after it.
+    result is stored before any read that arrives after it. The same process
+    keeps the event stream subscribers, so every stored or deleted result
+    reaches all of them.
     """
 
     def setup(self):
         self.db = sqlite3.connect(self.kwargs['db_path'])
         self.db.execute(SCHEMA)
         self.db.commit()
+        # Open event streams by request id. A subscriber stays here until
+        # on_disconnect() reports that its client went away.
+        self.subscribers = {}
         self.log.info('opened %s', self.kwargs['db_path'])
 
     def teardown(self):
@@ -194,7 +209,36 @@ class StorageWorker(_workers.Worker):
                 'VALUES (?, ?, ?)',
                 (result['id'], result['created_at'], json.dumps(result)))
         self.log.info('stored result %s', result['id'])
+        self.broadcast('result', result)
         return None
+
+    # This route must come before /api/results/{id}, because routes are
+    # tried in the order they are defined and {id} also matches "events".
+    @_workers.api(EVENTS_ROUTE, 'GET')
+    def subscribe(self, request):
+        if len(self.subscribers) >= MAX_SUBSCRIBERS:
+            return {
+                'error': f'too many event stream subscribers ({MAX_SUBSCRIBERS}); '
+                         'try again later',
+            }, 503, {'Retry-After': '5'}
+        request.response_stream()
+        self.subscribers[request.request_id] = request
+        request.send_event(
+            {'subscriber': request.request_id, 'subscribers': len(self.subscribers)},
+            event='hello', retry=RECONNECT_DELAY_MS)
+        self.log.info('subscriber %d joined (%d open)',
+                      request.request_id, len(self.subscribers))
+        return _workers.DEFERRED
+
+    def on_disconnect(self, request_id):
+        if self.subscribers.pop(request_id, None) is not None:
+            self.log.info('subscriber %d left (%d open)',
+                          request_id, len(self.subscribers))
+
+    def broadcast(self, event, data):
+        """Send one event to every open event stream."""
+        for request in self.subscribers.values():
+            request.send_event(data, event=event)
 
     @_workers.api('/api/results', 'GET')
     def list_results(self, request):
@@ -227,10 +271,28 @@ class StorageWorker(_workers.Worker):
                 'DELETE FROM results WHERE id = ?', (result_id,))
         if cursor.rowcount == 0:
             return {'error': f'result not found: {result_id}'}, 404
+        self.broadcast('deleted', {'id': result_id})
         return {'deleted': result_id}
 
 
 # ---------------------------------------------------------------- dispatcher
+
+
+def request_api_key(client):
+    """Return the API key a request carries, as bytes (empty when missing).
+
+    The X-API-Key header counts everywhere. The event stream also accepts
+    ?key=, because the browser's EventSource cannot send headers. A key in
+    the URL can end up in browser history and proxy logs, so no other path
+    accepts it.
+    """
+    key = client.headers.get('x-api-key')
+    if key is None and client.method == 'GET' and client.path == EVENTS_ROUTE:
+        key = (client.query or {}).get('key')
+        if not isinstance(key, str):
+            # Missing, or a list because ?key= was given more than once.
+            key = None
+    return (key or '').encode('utf-8', 'replace')
 
 
 class DemoDispatcher(_workers.Dispatcher):
@@ -244,10 +306,12 @@ class DemoDispatcher(_workers.Dispatcher):
         if client.path.startswith('/internal/'):
             client.respond({'error': 'Not found'}, status=404)
             raise _workers.RejectRequest()
-        key = client.headers.get('x-api-key', '').encode('utf-8', 'replace')
-        if not hmac.compare_digest(key, self._api_key):
-            client.respond(
-                {'error': 'missing or invalid X-API-Key header'}, status=401)
+        if not hmac.compare_digest(request_api_key(client), self._api_key):
+            if client.path == EVENTS_ROUTE:
+                error = 'missing or invalid API key: send the X-API-Key header or ?key='
+            else:
+                error = 'missing or invalid X-API-Key header'
+            client.respond({'error': error}, status=401)
             raise _workers.RejectRequest()
 
     @_workers.sync('/health', 'GET')

@@ -574,7 +574,10 @@ class Dispatcher:
         if kind == messages.RESPONSE:
             self._on_worker_response(pool, slot, message)
         elif kind == messages.READY:
-            slot.current = None
+            self._on_handler_done(pool, slot, message[1])
+            pool._schedule()
+        elif kind == messages.RETURN:
+            pool._take_back(slot, message[1])
             pool._schedule()
         elif kind == messages.HEARTBEAT:
             pass
@@ -611,33 +614,44 @@ class Dispatcher:
         self.log.info('worker %s ready (setup took %.3fs)', slot.label, elapsed)
         pool._schedule()
 
+    def _on_handler_done(self, pool: WorkerPool, slot, request_id: int) -> None:
+        head = slot.handler_done(time.monotonic())
+        if head is None or head[0] != request_id:
+            self.log.error('worker %s finished request %s but %s was next in its inbox',
+                           slot.label, request_id, head[0] if head else None)
+
     def _on_worker_response(self, pool: WorkerPool, slot, message: tuple) -> None:
         _, request_id, status, headers, cookies, body, content_type, ends_handler = message
-        if ends_handler and slot.current == request_id:
-            slot.current = None
-        pending = self._pending.get(request_id) if request_id != -1 else None
-        if pending is not None and not pending.streaming:
-            self._remove_pending(request_id, PENDING_COMPLETED)
-            client = pending.client
-            try:
-                client._protocol.send_response(client, status, headers, cookies, body,
-                                               content_type)
-            except ValueError as err:
-                self.log.error('worker answer for request %s is invalid (%s); sent 500',
-                               request_id, err)
-                client._protocol.send_error(client, 500, 'Internal server error')
-            if self._wants_on_response:
-                response = Response._received(request_id, status, headers, cookies, body,
-                                              content_type)
-                try:
-                    self.on_response(response, pending)
-                except Exception:
-                    self._hook_failed('on_response', request_id)
-            self._notify_removed(request_id, pending, PENDING_COMPLETED)
+        if request_id != -1:
+            pending = self._pending.get(request_id)
+            if pending is not None and not pending.streaming:
+                self._complete(request_id, pending, status, headers, cookies, body,
+                               content_type)
         if ends_handler:
-            if slot.current == -1 or slot.current == request_id:
-                slot.current = None
-            pool._schedule()
+            self._on_handler_done(pool, slot, request_id)
+            if pool._waiting:
+                pool._schedule()
+
+    def _complete(self, request_id: int, pending: _PendingRequest, status: int, headers: Any,
+                  cookies: Any, body: Any, content_type: str | None) -> None:
+        """Send a worker's answer to its client, then fire the hooks."""
+        self._remove_pending(request_id, PENDING_COMPLETED)
+        client = pending.client
+        try:
+            client._protocol.send_response(client, status, headers, cookies, body,
+                                           content_type)
+        except ValueError as err:
+            self.log.error('worker answer for request %s is invalid (%s); sent 500',
+                           request_id, err)
+            client._protocol.send_error(client, 500, 'Internal server error')
+        if self._wants_on_response:
+            response = Response._received(request_id, status, headers, cookies, body,
+                                          content_type)
+            try:
+                self.on_response(response, pending)
+            except Exception:
+                self._hook_failed('on_response', request_id)
+        self._notify_removed(request_id, pending, PENDING_COMPLETED)
 
     def _on_keepalive(self, pool: WorkerPool, slot, request_id: int | None) -> None:
         timeouts = self._timeouts[pool]

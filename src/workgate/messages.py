@@ -35,8 +35,11 @@ Worker to dispatcher:
 =================  ===================================================
 HELLO              (HELLO, pid): setup() finished, ready for requests
 RESPONSE           (RESPONSE, request_id, status, headers, cookies, body,
-                   content_type, ends_handler)
-READY              (READY,): the handler returned DEFERRED
+                   content_type, ends_handler): ends_handler is set on
+                   the answer a handler returned, which ends its turn
+READY              (READY, request_id): its handler returned DEFERRED
+RETURN             (RETURN, request_id): a paused worker hands back a
+                   request it had not started
 HEARTBEAT          (HEARTBEAT,): idle for heartbeat_interval
 KEEPALIVE          (KEEPALIVE, request_id or None)
 LOG                (LOG, name, level, message)
@@ -70,6 +73,7 @@ STREAM_END = 18
 FORWARD = 19
 PAUSE = 20
 RESUME = 21
+RETURN = 22
 
 # Bodies at least this large travel out of band, without a copy into the pickle.
 OUT_OF_BAND_MIN = 32 * 1024

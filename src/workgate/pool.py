@@ -4,17 +4,26 @@ Theory of operation (dispatcher side):
 
 - Each worker slot owns one process and the dispatcher's end of its
   socketpair. A slot is *starting* until the worker sends HELLO (its
-  ``setup()`` finished), then *ready*; it has a ``current`` request while a
-  handler runs and holds any number of deferred or streaming requests.
-- The pool keeps its waiting requests in a deque and hands the next one to
-  a ready, unpaused slot with no current request, choosing the slot that
-  holds the fewest requests. Nothing waits inside a worker, so a dead
-  worker's victims are exactly the requests it holds, and a waiting request
-  is never lost.
+  ``setup()`` finished), then *ready*.
+- The pool keeps its waiting requests in a deque and hands them to ready,
+  unpaused slots, emptiest inbox first. A slot's *inbox* is the ordered list
+  of requests sent to it whose handler has not finished; the worker runs
+  them strictly in that order, one at a time. Its head is the request
+  running (or about to run); the rest were sent ahead (prefetched) so that
+  a worker with fast handlers gets several requests per system call.
+- How far ahead the pool sends adapts to the pool's handler time (an
+  exponential moving average): ``PREFETCH_BUDGET`` seconds of expected work
+  per worker, at most ``MAX_PREFETCH`` requests, and one when handlers are
+  slow, so a slow request never holds fast ones hostage in a busy worker.
+- A handler that returned DEFERRED leaves its request *held* by the slot
+  (deferred answers and streams) until it is answered.
 - A worker is dead when its process exits (the multiprocessing sentinel
-  becomes readable). Its victims are failed only after its socket reached
-  EOF (or a short grace period passed), so an answer it sent just before
-  dying is still delivered.
+  becomes readable). Its victims (held requests plus the inbox head, which
+  may have started) are failed only after its socket reached EOF or a short
+  grace period passed, so an answer it sent just before dying is still
+  delivered. The rest of its inbox never started: it goes back to the front
+  of the waiting queue, so no request is lost. A paused worker returns the
+  requests it had not started the same way.
 - A slot whose worker runs a handler with no frame for ``stuck_timeout`` is
   killed with SIGKILL, together with its process group.
 - Restarts are counted in a sliding ``restart_window``; more than
@@ -45,6 +54,12 @@ if TYPE_CHECKING:
     from .dispatcher import Dispatcher
 
 __all__ = ['WorkerPool']
+
+# Prefetch: expected seconds of queued work per worker, and a hard cap.
+PREFETCH_BUDGET = 0.001
+MAX_PREFETCH = 16
+# Weight of the newest handler time in the pool's moving average.
+_EWMA_WEIGHT = 0.05
 
 # After a worker process exits, wait this long for EOF on its socket (which
 # delivers frames it sent just before dying) before failing its requests.
@@ -114,9 +129,9 @@ class _Slot:
     """One worker position in a pool; its process changes on every restart."""
 
     __slots__ = ('pool', 'index', 'process', 'pid', 'connection', 'state',
-                 'current', 'held', 'paused', 'last_seen', 'started_at',
+                 'inbox', 'head_since', 'held', 'paused', 'last_seen', 'started_at',
                  'restarts', 'exitcode', 'exited', 'eof', 'kill_reason',
-                 'grace_handle', 'startup_failures')
+                 'grace_handle', 'startup_failures', 'out', 'flush_scheduled')
 
     def __init__(self, pool: WorkerPool, index: int):
         self.pool = pool
@@ -125,7 +140,8 @@ class _Slot:
         self.pid: int | None = None
         self.connection: _WorkerConnection | None = None
         self.state = DEAD
-        self.current: int | None = None
+        self.inbox: collections.deque = collections.deque()
+        self.head_since = 0.0
         self.held: dict[int, Any] = {}
         self.paused = False
         self.last_seen = time.monotonic()
@@ -137,6 +153,8 @@ class _Slot:
         self.kill_reason: str | None = None
         self.grace_handle = None
         self.startup_failures = 0
+        self.out: list = []
+        self.flush_scheduled = False
 
     @property
     def label(self) -> str:
@@ -146,12 +164,44 @@ class _Slot:
     def alive(self) -> bool:
         return self.state in (STARTING, READY, STOPPING)
 
+    @property
+    def current(self) -> int | None:
+        """Id of the request whose handler runs (or runs next), else None."""
+        return self.inbox[0][0] if self.inbox else None
+
     def send(self, message: tuple) -> bool:
+        """Queue a frame; frames queued in one loop turn go out in one write."""
         connection = self.connection
         if connection is None or connection.transport is None:
             return False
-        connection.transport.writelines(messages.encode(message))
+        out = self.out
+        out.extend(messages.encode(message))
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.pool._loop.call_soon(self.flush)
         return True
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        out = self.out
+        if not out:
+            return
+        connection = self.connection
+        if connection is not None and connection.transport is not None:
+            connection.transport.writelines(out)
+        self.out = []
+
+    def handler_done(self, now: float) -> tuple | None:
+        """Pop the inbox head after its handler ended; feed the pool's average."""
+        inbox = self.inbox
+        if not inbox:
+            return None
+        head = inbox.popleft()
+        pool = self.pool
+        elapsed = now - self.head_since
+        pool._handler_time += (elapsed - pool._handler_time) * _EWMA_WEIGHT
+        self.head_since = now
+        return head
 
     def kill(self, reason: str | None = None) -> None:
         """SIGKILL the worker and its process group."""
@@ -270,6 +320,7 @@ class WorkerPool:
         self._request_queue = _RequestQueue(self)
         self._last_queue_warning = 0.0
         self.deaths: collections.Counter = collections.Counter()
+        self._handler_time = PREFETCH_BUDGET
 
     # -- public properties (names kept from uhttp-workers) -------------------
 
@@ -307,7 +358,11 @@ class WorkerPool:
 
     @property
     def alive_count(self) -> int:
-        return sum(1 for slot in self._slots if slot.alive)
+        count = 0
+        for slot in self._slots:
+            if slot.state is READY or slot.state is STARTING or slot.state is STOPPING:
+                count += 1
+        return count
 
     @property
     def ready_count(self) -> int:
@@ -361,6 +416,7 @@ class WorkerPool:
                     'last_seen': round(now - slot.last_seen, 3),
                     'current_request': slot.current,
                     'held_requests': len(slot.held),
+                    'inbox': len(slot.inbox),
                     'restarts': slot.restarts,
                 }
                 for slot in self._slots
@@ -410,7 +466,8 @@ class WorkerPool:
         slot.process = process
         slot.pid = process.pid
         slot.state = STARTING
-        slot.current = None
+        slot.inbox.clear()
+        slot.out = []
         slot.paused = False
         slot.exited = False
         slot.eof = False
@@ -474,7 +531,7 @@ class WorkerPool:
         exitcode = slot.exitcode
         slot.state = DEAD
         slot.connection = None
-        slot.current = None
+        self._requeue_unstarted(slot)
         victims = list(slot.held.items())
         slot.held.clear()
         dispatcher = self._dispatcher
@@ -522,6 +579,39 @@ class WorkerPool:
                 dispatcher._fail_waiting(self, 503, 'No workers available', retry_after=True)
             return
         self._restart(slot)
+
+    def _requeue_unstarted(self, slot: _Slot) -> None:
+        """Put a dead worker's never-started requests back at the queue's front."""
+        inbox = slot.inbox
+        unstarted = list(inbox)[1:]
+        inbox.clear()
+        for request_id, message in reversed(unstarted):
+            self._unassign(slot, request_id)
+            self._waiting.appendleft((request_id, message))
+
+    def _unassign(self, slot: _Slot, request_id: int) -> None:
+        entry = slot.held.pop(request_id, None)
+        if entry is not None:
+            entry.slot = None
+            entry.worker_id = None
+
+    def _take_back(self, slot: _Slot, request_id: int) -> None:
+        """A paused worker returned the request at its inbox head unstarted."""
+        inbox = slot.inbox
+        if not inbox or inbox[0][0] != request_id:
+            self._dispatcher.log.error('worker %s returned request %s, which is not next in '
+                                       'its inbox; ignoring it', slot.label, request_id)
+            return
+        _, message = inbox.popleft()
+        slot.head_since = time.monotonic()
+        self._unassign(slot, request_id)
+        self._waiting.appendleft((request_id, message))
+
+    def _prefetch_depth(self) -> int:
+        handler_time = self._handler_time
+        if handler_time <= 0:
+            return MAX_PREFETCH
+        return max(1, min(MAX_PREFETCH, int(PREFETCH_BUDGET / handler_time)))
 
     def _restart(self, slot: _Slot) -> None:
         slot.restarts += 1
@@ -575,12 +665,13 @@ class WorkerPool:
                 self._set_degraded(False, f'after {self._recovery_interval}s')
         stuck_timeout = self._stuck_timeout
         for slot in self._slots:
-            if slot.state == READY and slot.current is not None \
-                    and now - slot.last_seen > stuck_timeout and not slot.kill_reason:
-                self._dispatcher.log.error(
-                    'worker %s is stuck: no sign of life for %.1fs in request %s; killing it',
-                    slot.label, now - slot.last_seen, slot.current)
-                slot.kill('stuck')
+            if slot.state == READY and slot.inbox and not slot.kill_reason:
+                silent = now - max(slot.last_seen, slot.head_since)
+                if silent > stuck_timeout:
+                    self._dispatcher.log.error(
+                        'worker %s is stuck: no sign of life for %.1fs in request %s; '
+                        'killing it', slot.label, silent, slot.current)
+                    slot.kill('stuck')
         if self._queue_warning and len(self._waiting) > self._queue_warning:
             if now - self._last_queue_warning >= 10:
                 self._last_queue_warning = now
@@ -604,29 +695,36 @@ class WorkerPool:
 
     def _schedule(self) -> None:
         waiting = self._waiting
+        if not waiting:
+            return
         pending = self._dispatcher._pending
+        slots = self._slots
+        depth = self._prefetch_depth()
+        now = time.monotonic()
         while waiting:
             best = None
-            for slot in self._slots:
-                if slot.state is READY and slot.current is None and not slot.paused:
-                    if best is None or len(slot.held) < len(best.held):
+            fewest = depth
+            for slot in slots:
+                if slot.state is READY and not slot.paused:
+                    queued = len(slot.inbox)
+                    if queued < fewest:
                         best = slot
-                        if not slot.held:
+                        fewest = queued
+                        if not queued:
                             break
             if best is None:
                 return
             request_id, message = waiting.popleft()
-            if request_id == -1:
-                best.current = -1
-            else:
+            if request_id != -1:
                 entry = pending.get(request_id)
                 if entry is None:
                     continue  # the client left or timed out while waiting
                 entry.worker_id = best.index
                 entry.slot = best
                 best.held[request_id] = entry
-                best.current = request_id
-            best.last_seen = time.monotonic()
+            if not best.inbox:
+                best.head_since = now
+            best.inbox.append((request_id, message))
             best.send(message)
 
     def _stop(self, timeout: float) -> asyncio.Future:

@@ -2,10 +2,11 @@
 
 Rules this module keeps:
 
-- One handler runs at a time. The dispatcher sends a worker a new request
-  only after the previous handler ended (a RESPONSE frame with
-  ``ends_handler`` set, or READY after ``DEFERRED``), so the dispatcher always
-  knows which request a worker is running.
+- One handler runs at a time, in the order the requests arrived. Each
+  handler's end is reported (a RESPONSE frame with ``ends_handler`` set, or
+  READY after ``DEFERRED``), so the dispatcher always knows which request a
+  worker is running and which it sent ahead have not started.
+- A paused worker hands back (RETURN) requests that were sent ahead.
 - Deferred and streaming requests may stay open in any number; their
   answers and stream frames go out whenever the worker sends them.
 - The loop multiplexes the dispatcher socket, the user's registered file
@@ -38,6 +39,8 @@ __all__ = ['Worker', 'ApiHandler']
 
 # Exit code of a worker whose setup() raised, so the pool can log the reason.
 EXIT_SETUP_FAILED = 3
+# Longest time a frame waits in a batch before it is sent, in seconds.
+_BATCH_DELAY = 0.001
 
 
 class ApiHandler:
@@ -55,14 +58,35 @@ class ApiHandler:
 
 
 class _Channel:
-    """The worker's end of its socketpair: blocking sends of whole frames."""
+    """The worker's end of its socketpair: blocking sends of whole frames.
+
+    While the worker runs a batch of requests that arrived together, frames
+    are collected and sent with one ``sendmsg``; a frame waits at most
+    ``_BATCH_DELAY`` seconds, and ``flush=True`` (keep_alive) sends at once.
+    """
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.last_send = time.monotonic()
+        self.out: list = []
+        self.batching = False
+        self.batch_started = 0.0
 
-    def send(self, message: tuple) -> None:
-        buffers = messages.encode(message)
+    def send(self, message: tuple, flush: bool = False) -> None:
+        self.out.extend(messages.encode(message))
+        if not self.batching or flush:
+            self.flush()
+            return
+        now = time.monotonic()
+        if now - self.batch_started > _BATCH_DELAY:
+            self.batch_started = now
+            self.flush()
+
+    def flush(self) -> None:
+        buffers = self.out
+        if not buffers:
+            return
+        self.out = []
         sock = self.sock
         while buffers:
             sent = sock.sendmsg(buffers)
@@ -191,7 +215,8 @@ class Worker:
         Inside a handler it extends the running request; outside one it
         extends every deferred request of this worker.
         """
-        self._send((messages.KEEPALIVE, self._current_request_id))
+        if self._channel is not None:
+            self._channel.send((messages.KEEPALIVE, self._current_request_id), flush=True)
 
     def forward(self, route: str, data: Any) -> None:
         """Hand ``data`` to the pool that serves ``route``, fire-and-forget."""
@@ -312,6 +337,10 @@ class Worker:
         return response
 
     def _run_request(self, message: tuple) -> None:
+        if not self._accepting:
+            # Paused: hand back a request that was sent ahead, unstarted.
+            self._channel.send((messages.RETURN, message[1]))
+            return
         request = Request._from_message(message, self._channel)
         self._current_request_id = request.request_id
         try:
@@ -320,7 +349,7 @@ class Worker:
             self._current_request_id = None
         channel = self._channel
         if response is None:
-            channel.send((messages.READY,))
+            channel.send((messages.READY, request.request_id))
             return
         try:
             channel.send_response(request.request_id, response, ends_handler=True)
@@ -380,10 +409,16 @@ class Worker:
                     if not received:
                         self._running = False
                         break
-                    for message in decoder.buffer_updated(received):
-                        self._on_message(message)
-                        if not self._running:
-                            break
+                    channel.batching = True
+                    channel.batch_started = time.monotonic()
+                    try:
+                        for message in decoder.buffer_updated(received):
+                            self._on_message(message)
+                            if not self._running:
+                                break
+                    finally:
+                        channel.batching = False
+                        channel.flush()
                 elif target is wakeup:
                     try:
                         wakeup.recv(64)

@@ -16,6 +16,7 @@ Settings, all optional, from the environment:
   is also how often an idle worker runs ``on_idle()``.
 - ``WG_STREAM_BUFFER_LIMIT``: the dispatcher's ``stream_buffer_limit`` in bytes.
 - ``WG_PING_INTERVAL``: passed as ``stream_ping_interval`` (seconds).
+- ``WG_KEEPALIVE_TIMEOUT``: the dispatcher's ``keepalive_timeout`` (seconds).
 - ``WG_STATIC``: a folder served under ``/static/``.
 """
 
@@ -196,6 +197,15 @@ class StreamWorker(_workers.Worker):
         record('subscribed', topic=topic, request_id=request.request_id)
         return _workers.DEFERRED
 
+    @_workers.api('/api/ndjson/{topic}', 'GET')
+    def ndjson_topic(self, request):
+        topic = request.path_params['topic']
+        request.response_ndjson()
+        request.send_ndjson({'request_id': request.request_id})
+        self.subscribers.setdefault(topic, {})[request.request_id] = request
+        record('subscribed', topic=topic, request_id=request.request_id)
+        return _workers.DEFERRED
+
     @_workers.api('/api/emit/{topic}', 'POST')
     def emit(self, request):
         body = request.data or {}
@@ -296,6 +306,8 @@ def make():
         settings['stream_buffer_limit'] = int(os.environ['WG_STREAM_BUFFER_LIMIT'])
     if os.environ.get('WG_PING_INTERVAL'):
         settings['stream_ping_interval'] = float(os.environ['WG_PING_INTERVAL'])
+    if os.environ.get('WG_KEEPALIVE_TIMEOUT'):
+        settings['keepalive_timeout'] = float(os.environ['WG_KEEPALIVE_TIMEOUT'])
     static = os.environ.get('WG_STATIC')
     return StreamDispatcher(
         pools=[
