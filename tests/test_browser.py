@@ -1,6 +1,6 @@
 """A real browser reads a workgate event stream through EventSource.
 
-Headless Chromium loads a page from the app's static mount; the page opens
+Headless Chromium loads a page from the app's static mount. The page opens
 an EventSource on ``/api/sse/{topic}`` and appends every event it receives
 to a list in the DOM. The test publishes through the worker and reads the
 DOM back over the Chrome DevTools Protocol.
@@ -138,7 +138,7 @@ class Browser:
         return json.loads(message)
 
     def open_page(self, url):
-        """Open ``url`` in a new tab; return (target id, session id)."""
+        """Open ``url`` in a new tab and return (target id, session id)."""
         target_id = self.send('Target.createTarget', {'url': 'about:blank'})['targetId']
         session_id = self.send('Target.attachToTarget',
                                {'targetId': target_id, 'flatten': True})['sessionId']
@@ -155,17 +155,24 @@ class Browser:
         return result['result'].get('value')
 
     def close(self):
+        """Ask Chromium to exit, then kill what is left of its process group."""
         try:
             self.send('Browser.close', timeout=5)
         except (AssertionError, OSError):
             pass
-        exited = wait_until(lambda: os.waitpid(self.pid, os.WNOHANG) != (0, 0), 10)
+
+        # WNOWAIT leaves the exited process unreaped, so its pid, which is
+        # also the group id, cannot be reused before killpg() below.
+        def exited():
+            return os.waitid(os.P_PID, self.pid,
+                             os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+        wait_until(exited, 10)
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        if not exited:
-            os.waitpid(self.pid, 0)
+        os.waitpid(self.pid, 0)
         os.close(self.commands)
         os.close(self.replies)
 
@@ -200,7 +207,7 @@ def browser(folders):
 
 
 def wait_dom(browser, session_id, predicate, timeout=DOM_TIMEOUT):
-    """Poll the page's event list until ``predicate`` accepts it; return it."""
+    """Poll the page's event list until ``predicate`` accepts it, and return the list."""
     found = []
 
     def check():
@@ -217,9 +224,9 @@ def test_event_source_shows_published_events(server, browser, folders):
     target_id, session_id = browser.open_page(
         server.url(f'/static/events.html?topic={topic}'))
 
-    shown = wait_dom(browser, session_id, lambda items: len(items) >= 1)
-    assert [kind for kind, _ in shown] == ['hello'], shown
-    request_id = json.loads(shown[0][1])['request_id']
+    page_log = wait_dom(browser, session_id, lambda items: len(items) >= 1)
+    assert [kind for kind, _ in page_log] == ['hello'], page_log
+    request_id = json.loads(page_log[0][1])['request_id']
     assert browser.evaluate(session_id, "document.getElementById('state').textContent") \
         == 'open'
 
@@ -230,12 +237,12 @@ def test_event_source_shows_published_events(server, browser, folders):
     assert note.json() == {'sent': 1}
     assert message.json() == {'sent': 1}
 
-    shown = wait_dom(browser, session_id, lambda items: len(items) >= 3)
-    assert shown[1] == ['note', 'first line\nsecond line #n-1']
-    assert shown[2][0] == 'message'
-    assert json.loads(shown[2][1]) == {'greeting': 'hello from the test'}
+    page_log = wait_dom(browser, session_id, lambda items: len(items) >= 3)
+    assert page_log[1] == ['note', 'first line\nsecond line #n-1']
+    assert page_log[2][0] == 'message'
+    assert json.loads(page_log[2][1]) == {'greeting': 'hello from the test'}
 
-    # Closing the tab drops the connection: the worker is told once.
+    # Closing the tab drops the connection, and the worker gets on_disconnect once.
     browser.send('Target.closeTarget', {'targetId': target_id})
     assert wait_until(lambda: any(
         event['event'] == 'removed' and event['request_id'] == request_id

@@ -4,6 +4,7 @@ Each demo instance listens on a free loopback port with its database in a
 temporary folder. The requests follow the curl walkthrough in README.md.
 """
 
+import contextlib
 import hashlib
 import json
 import lzma
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from examples.demo.app import MAX_SUBSCRIBERS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO_ROOT / 'examples' / 'demo'
@@ -27,8 +29,9 @@ SHUTDOWN_TIMEOUT = 30.0
 POLL_INTERVAL = 0.05
 EVENT_TIMEOUT = 5.0
 EVENTS_PATH = '/api/results/events'
-# Upper bound on the events a test reads while looking for one; earlier
-# tests' uploads may still be arriving at the storage worker.
+# Maximum number of events a test reads while looking for one. Other events
+# can come first, because earlier tests' uploads may still be on their way
+# to the storage worker.
 MAX_EVENTS_READ = 50
 
 # Compressible text followed by random bytes, so the zlib and lzma sizes
@@ -192,6 +195,21 @@ def wait_for_log_line(demo, text, timeout=EVENT_TIMEOUT):
         time.sleep(POLL_INTERVAL)
 
 
+def subscriber_log_lines(demo):
+    return [line for line in demo.log_text().splitlines()
+            if 'StorageWorker[0] subscriber ' in line]
+
+
+def wait_for_no_subscribers(demo):
+    """Poll until the storage worker's last subscriber log line reports 0 open."""
+    deadline = time.monotonic() + EVENT_TIMEOUT
+    while not subscriber_log_lines(demo)[-1].endswith('left (0 open)'):
+        if time.monotonic() > deadline:
+            pytest.fail(f'the storage worker still has subscribers after '
+                        f'{EVENT_TIMEOUT} s: {subscriber_log_lines(demo)[-3:]}')
+        time.sleep(POLL_INTERVAL)
+
+
 def iter_events(response):
     """Yield (event name, JSON data) for each event of a text/event-stream."""
     name, data = None, []
@@ -338,11 +356,11 @@ def test_event_stream_sends_results(demo):
             deleted = demo.client.delete(
                 f"/api/results/{uploaded['id']}", headers={'X-API-Key': API_KEY})
             assert deleted.status_code == 200
-            gone = next_event(events, 'deleted')
-            assert gone == {'id': uploaded['id']}
+            deleted_event = next_event(events, 'deleted')
+            assert deleted_event == {'id': uploaded['id']}
 
-    # Closing the client closed the connection. The dispatcher tells the
-    # storage worker, whose on_disconnect() drops the subscriber and logs it.
+    # Closing the client closed the connection. The dispatcher then calls the
+    # storage worker's on_disconnect(), which drops the subscriber and logs it.
     wait_for_log_line(demo, f"subscriber {hello['subscriber']} left (0 open)")
     with httpx.Client(base_url=demo.base_url, timeout=EVENT_TIMEOUT) as stream_client:
         with stream_client.stream(
@@ -351,6 +369,30 @@ def test_event_stream_sends_results(demo):
             again = next_event(iter_events(response), 'hello')
     assert again['subscribers'] == 1
     assert again['subscriber'] != hello['subscriber']
+
+
+def test_event_stream_subscriber_limit(demo):
+    limits = httpx.Limits(max_connections=MAX_SUBSCRIBERS + 1)
+    with contextlib.ExitStack() as streams, httpx.Client(
+            base_url=demo.base_url, timeout=EVENT_TIMEOUT, limits=limits) as client:
+        # Dropping an event iterator closes its connection, so keep them all.
+        event_iterators = []
+        for count in range(1, MAX_SUBSCRIBERS + 1):
+            response = streams.enter_context(client.stream(
+                'GET', EVENTS_PATH, headers={'X-API-Key': API_KEY}))
+            assert response.status_code == 200
+            event_iterators.append(iter_events(response))
+            assert next_event(event_iterators[-1], 'hello')['subscribers'] == count
+
+        rejected = client.get(EVENTS_PATH, headers={'X-API-Key': API_KEY})
+
+        assert rejected.status_code == 503
+        assert rejected.headers['retry-after'] == '5'
+        assert 'too many event stream subscribers' in rejected.json()['error']
+
+    wait_for_no_subscribers(demo)
+    assert len([line for line in subscriber_log_lines(demo)
+                if ' left (' in line]) >= MAX_SUBSCRIBERS
 
 
 @pytest.mark.parametrize(('path', 'params', 'error'), [

@@ -17,22 +17,32 @@ is skipped without it.
 
 import hashlib
 import json
+import time
 import uuid
 
 import pytest
 
 from tests.test_browser import CHROMIUM, Browser
-from tests.test_demo import API_KEY, EVENT_TIMEOUT, SAMPLE, Demo, upload, wait_for_log_line
+from tests.test_demo import (
+    API_KEY,
+    SAMPLE,
+    Demo,
+    subscriber_log_lines,
+    upload,
+    wait_for_no_subscribers,
+)
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None,
     reason='Chromium is not installed (on Debian: apt-get install chromium)')
 
-# Milliseconds a wait inside the page may take. Browser.send waits 20 s for
-# any command, so a timed-out wait still returns its own error message.
+# Milliseconds a wait inside the page may take.
 DOM_TIMEOUT_MS = 10_000
+# Seconds a DevTools command may take. It is longer than DOM_TIMEOUT_MS, so
+# a wait that times out in the page still returns its own error message.
+COMMAND_TIMEOUT = DOM_TIMEOUT_MS / 1000 + 10
 
-# Resolves with the first truthy value of CONDITION, checked now and after
+# A promise of the first truthy value of CONDITION, checked now and after
 # every change to the document.
 WAIT_SCRIPT = """
 new Promise((resolve, reject) => {
@@ -68,11 +78,30 @@ class DemoPage:
             'Target.attachToTarget', {'targetId': self.target_id, 'flatten': True})['sessionId']
         self.send('Page.enable')
         self.send('Runtime.enable')
+        seen = len(browser.events)
         navigation = self.send('Page.navigate', {'url': url})
         assert 'errorText' not in navigation, navigation
+        # Scripts evaluated before the load event may run in about:blank.
+        self.wait_for_event('Page.loadEventFired', seen)
+        assert self.evaluate('location.href') == url
 
     def send(self, method, params=None):
-        return self.browser.send(method, params, session_id=self.session_id)
+        return self.browser.send(
+            method, params, session_id=self.session_id, timeout=COMMAND_TIMEOUT)
+
+    def wait_for_event(self, method, start):
+        """Wait for a DevTools event of this tab at or after browser.events[start]."""
+        deadline = time.monotonic() + DOM_TIMEOUT_MS / 1000
+        while True:
+            for event in self.browser.events[start:]:
+                if event.get('method') == method and event.get('sessionId') == self.session_id:
+                    return event
+            start = len(self.browser.events)
+            try:
+                message = self.browser.read_message(deadline)
+            except AssertionError:
+                pytest.fail(f'no {method} event within {DOM_TIMEOUT_MS} ms')
+            self.browser.events.append(message)
 
     def evaluate(self, expression):
         """Run expression in the page, await a promise result, return its value."""
@@ -85,7 +114,7 @@ class DemoPage:
         return result['result'].get('value')
 
     def wait_for(self, condition, description):
-        """Return the first truthy value of the JS function condition."""
+        """Wait until the JS function condition returns a truthy value, and return it."""
         script = (WAIT_SCRIPT
                   .replace('CONDITION', condition)
                   .replace('DESCRIPTION', json.dumps(description))
@@ -93,7 +122,7 @@ class DemoPage:
         return self.evaluate(script)
 
     def wait_for_row(self, sha256):
-        """Wait for the result row with this SHA-256; return its class and cells."""
+        """Wait for the result row with this SHA-256, and return its class and cells."""
         return self.wait_for(
             f"""() => {{
               const row = document.querySelector('#results tr[data-sha256="{sha256}"]');
@@ -168,21 +197,12 @@ def browser(tmp_path_factory):
         browser.close()
 
 
-def count_subscribers(demo):
-    """Return (joined, left) counts of the storage worker's subscriber log lines."""
-    text = demo.log_text()
-    return text.count('StorageWorker[0] subscriber ') - text.count(' left ('), \
-        text.count(' left (')
-
-
-def wait_all_subscribers_left(demo):
-    """Wait until the storage worker logged a leave for every join."""
-    joined, _ = count_subscribers(demo)
-    assert joined > 0
-    wait_for_log_line(demo, f'left ({0} open)', timeout=EVENT_TIMEOUT)
-    text = demo.log_text()
-    lines = [line for line in text.splitlines() if 'StorageWorker[0] subscriber ' in line]
-    assert lines[-1].endswith('left (0 open)'), lines
+def close_and_wait_unsubscribed(page, demo):
+    """Close the tab and wait until the storage worker drops its subscriber."""
+    lines = subscriber_log_lines(demo)
+    assert lines[-1].endswith('joined (1 open)'), lines
+    page.close()
+    wait_for_no_subscribers(demo)
 
 
 def test_live_list_shows_upload_from_other_client(demo, browser):
@@ -208,8 +228,7 @@ def test_live_list_shows_upload_from_other_client(demo, browser):
     page.wait_for_row_gone(sha256)
 
     assert page.exceptions() == []
-    page.close()
-    wait_all_subscribers_left(demo)
+    close_and_wait_unsubscribed(page, demo)
 
 
 def test_form_upload_appears_live(demo, browser, tmp_path):
@@ -242,9 +261,9 @@ def test_form_upload_appears_live(demo, browser, tmp_path):
     page.evaluate(
         f"""document.querySelector('#results tr[data-sha256="{sha256}"] button').click()""")
     page.wait_for_row_gone(sha256)
-    gone = demo.client.get(f'/api/results/{result_id}', headers={'X-API-Key': API_KEY})
-    assert gone.status_code == 404
+    after_delete = demo.client.get(
+        f'/api/results/{result_id}', headers={'X-API-Key': API_KEY})
+    assert after_delete.status_code == 404
 
     assert page.exceptions() == []
-    page.close()
-    wait_all_subscribers_left(demo)
+    close_and_wait_unsubscribed(page, demo)

@@ -1,8 +1,9 @@
 """The HTTP front over real sockets, against a real dispatcher and real workers.
 
 Requests are written as raw bytes and responses read by the small HTTP/1.x
-reader below, so each test sees what a client sees: the status line, the
-headers, the framing of the body, and whether the connection closes.
+reader below, so each test checks exactly what a client receives: the
+status line, the headers, the framing of the body, and whether the
+connection closes.
 
 The application is ``tests/apps/front_app.py``. It records the path of
 every request the dispatcher queues to a worker pool and returns that list
@@ -39,7 +40,7 @@ MAX_HEADER_SIZE = 4096
 MAX_URL_LENGTH = 2048
 
 # The dispatcher checks connection deadlines every 0.5 s, so a timeout
-# fires up to that much after it is due; the rest is margin for a busy CI
+# fires up to 0.5 s after it is due. The rest is margin for a busy CI
 # machine.
 DEADLINE_SLACK = 2.0
 READ_TIMEOUT = 10.0
@@ -58,7 +59,7 @@ REJECTION_STATUSES = frozenset({400, 408, 413, 414, 417, 431, 505})
 
 @dataclass
 class RawResponse:
-    """One response as read from the wire; header names are lower-cased."""
+    """One response as read from the wire, with lower-cased header names."""
 
     version: str
     status: int
@@ -87,8 +88,11 @@ class RawConnection:
     """
 
     def __init__(self, port: int, host: str = '127.0.0.1', timeout: float = READ_TIMEOUT,
-                 ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None):
-        sock = socket.create_connection((host, port), timeout=timeout)
+                 ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
+                 source: str | None = None):
+        source_address = (source, 0) if source else None
+        sock = socket.create_connection((host, port), timeout=timeout,
+                                        source_address=source_address)
         if ssl_context is not None:
             sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname or host)
         self.sock = sock
@@ -108,7 +112,7 @@ class RawConnection:
         return self.sock.getsockname()[1]
 
     def send(self, data: bytes) -> bool:
-        """Send ``data``; return False when the server already closed the connection."""
+        """Send ``data``, or return False when the server already closed the connection."""
         try:
             self.sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError):
@@ -146,7 +150,7 @@ class RawConnection:
         del self.buffer[:size]
         return data
 
-    def _read_to_eof(self) -> bytes:
+    def read_to_eof(self) -> bytes:
         while self._fill():
             pass
         data = bytes(self.buffer)
@@ -170,7 +174,7 @@ class RawConnection:
     def read_response(self, method: str = 'GET') -> RawResponse | None:
         """Read one response, or return None if the connection closed before one began.
 
-        Raises TimeoutError when the server neither answers nor closes in
+        Raises TimeoutError when the server neither responds nor closes in
         time, and EOFError when it closes inside a response.
         """
         if not self.buffer and not self._fill():
@@ -203,11 +207,11 @@ class RawConnection:
         elif length is not None:
             response.body = self._read_exact(int(length))
         else:
-            response.body = self._read_to_eof()
+            response.body = self.read_to_eof()
         return response
 
     def read_final(self, method: str = 'GET') -> tuple[list[RawResponse], RawResponse | None]:
-        """Read past 1xx responses; return them and the final response (None: closed)."""
+        """Return the 1xx responses and the final response, which is None after a close."""
         interim = []
         while True:
             response = self.read_response(method)
@@ -237,7 +241,7 @@ class RawConnection:
 
 def request_bytes(method: str, target: str, headers: dict | list | None = None,
                   body: bytes = b'', version: str = '1.1') -> bytes:
-    """Build a well-formed request; Content-Length is added for a non-empty body."""
+    """Build a well-formed request, adding Content-Length for a non-empty body."""
     lines = [f'{method} {target} HTTP/{version}', 'Host: test']
     items = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
     if body and not any(name.lower() in ('content-length', 'transfer-encoding')
@@ -724,7 +728,7 @@ REJECTED_REQUESTS = [
     ('header-block-too-large', GET + b'X-Big: ' + b'b' * MAX_HEADER_SIZE + b'\r\n\r\n', 431),
 ]
 
-# Cases where the product disagrees with the table; each is a bug report.
+# Cases the front gets wrong today, with the cause of each.
 REJECTION_BUGS = {
     'bare-lf-request-line': 'answered 505: HttpProtocol.data_received maps every parser '
                             'error whose text contains "version" to 505, and llhttp says '
@@ -855,7 +859,7 @@ def test_slow_headers_get_408(port):
 
 
 def test_trickled_headers_get_408(port):
-    # Each header line comes well within the timeout; only the total is too slow.
+    # Each header line comes well within the timeout, but the whole block is too slow.
     interval = HEADER_TIMEOUT / 4
     started = time.monotonic()
     with RawConnection(port) as conn:
@@ -928,7 +932,7 @@ def limited_server():
 
 
 def open_served_connections(port: int, count: int) -> list[RawConnection]:
-    """Open ``count`` connections, each proven open by one answered request."""
+    """Open ``count`` connections, each proven open by one request and its response."""
     connections = []
     for _ in range(count):
         conn = RawConnection(port)

@@ -1,8 +1,8 @@
-"""Deferred answers and streams, end to end, against tests/apps/stream_app.py.
+"""Deferred responses and streams, end to end, against tests/apps/stream_app.py.
 
-The dispatcher runs as its own process. httpx reads whole streams; a small
-raw-socket client reads chunk by chunk where a test needs to control how
-fast the client reads, to see the chunked framing, or to drop the
+The dispatcher runs as its own process. httpx reads whole streams, and a
+small raw-socket client reads chunk by chunk where a test needs to control
+how fast the client reads, to see the chunked framing, or to drop the
 connection at a chosen moment. Hooks in the app write JSON lines to an
 event file, and tests poll that file with a bound instead of sleeping.
 """
@@ -38,7 +38,7 @@ def unique_topic(prefix):
 
 
 def wait_events(path, predicate, count=1, timeout=EVENT_TIMEOUT):
-    """Poll the event file until ``count`` events match; return the matches."""
+    """Poll the event file until ``count`` events match, and return the matches."""
     found = []
 
     def enough():
@@ -70,7 +70,7 @@ def wait_removed(path, request_id, timeout=EVENT_TIMEOUT):
 def settle(http):
     """Make one request through the worker so frames already sent are handled.
 
-    With one worker, its answer comes after it handled every message the
+    With one worker, its response comes after it handled every message the
     dispatcher sent it before, such as DISCONNECT.
     """
     response = http.get('/api/hello')
@@ -82,11 +82,12 @@ def tracebacks(server, start=0):
 
 
 class SseParser:
-    """A text/event-stream parser that follows the WHATWG rules for fields.
+    """A text/event-stream parser for checking what a browser would see.
 
-    ``feed`` returns one dict per block that ends with a blank line, with
-    the fields it contained (``data`` joined with newlines). Comment lines
-    are kept in ``comments``.
+    Lines end with CRLF, LF or CR. One space after the field's colon is
+    dropped, ``data`` lines are joined with newlines, and a blank line ends
+    a block. ``feed`` returns one dict of fields per finished block and
+    keeps comment lines in ``comments``.
     """
 
     def __init__(self):
@@ -208,7 +209,7 @@ class RawConnection:
             headers[name.strip().lower()] = value.strip()
 
     def read_chunk(self):
-        """Return one chunk's payload; b'' is the last chunk, trailers consumed."""
+        """Return one chunk's payload, or b'' for the last chunk after reading its trailers."""
         size_line = self.read_line()
         size = int(size_line.split(b';')[0], 16)
         if size == 0:
@@ -248,7 +249,7 @@ class RawConnection:
         raise AssertionError(f'more than {limit} bytes before the connection closed')
 
     def read_sse(self, parser, count=1, max_chunks=1000):
-        """Read chunks until ``parser`` produced ``count`` events; return them."""
+        """Read chunks until ``parser`` produced ``count`` events, and return them."""
         events = []
         for _ in range(max_chunks):
             chunk = self.read_chunk()
@@ -270,7 +271,7 @@ class RawConnection:
 
 
 def subscribe(server, topic, **options):
-    """Open an event stream on ``topic``; return (connection, parser, request id)."""
+    """Open an event stream on ``topic`` and return (connection, parser, request id)."""
     connection = RawConnection(server.port, **options)
     connection.send_request('GET', f'/api/sse/{topic}')
     status, _, headers = connection.read_head()
@@ -285,7 +286,7 @@ def subscribe(server, topic, **options):
 
 
 def start_wait(server, events_path, topic, query=''):
-    """Send a deferred GET /api/wait/{topic}; return (connection, request id)."""
+    """Send a deferred GET /api/wait/{topic} and return (connection, request id)."""
     connection = RawConnection(server.port)
     connection.send_request('GET', f'/api/wait/{topic}{query}')
     found = wait_events(events_path, lambda e: e['event'] == 'deferred'
@@ -356,11 +357,11 @@ def crash_server(crash_events_path):
         server.kill()
 
 
-# -- deferred answers ------------------------------------------------------
+# -- deferred responses ----------------------------------------------------
 
 
-def test_deferred_answered_from_on_idle(http, events_path):
-    response = http.get('/api/idle-answer')
+def test_deferred_from_on_idle(http, events_path):
+    response = http.get('/api/deferred/idle')
 
     assert response.status_code == 200
     body = response.json()
@@ -368,16 +369,16 @@ def test_deferred_answered_from_on_idle(http, events_path):
     assert wait_removed(events_path, body['request_id'])['reason'] == 'COMPLETED'
 
 
-def test_deferred_answered_from_pipe_reader(http):
-    response = http.get('/api/pipe-answer')
+def test_deferred_from_pipe_reader(http):
+    response = http.get('/api/deferred/pipe')
 
     assert response.status_code == 200
     assert response.json()['from'] == 'pipe'
 
 
-def test_deferred_answered_from_timer_socketpair(http):
+def test_deferred_from_timer_socketpair(http):
     started = time.monotonic()
-    response = http.get('/api/timer-answer/0.3')
+    response = http.get('/api/deferred/timer/0.3')
     elapsed = time.monotonic() - started
 
     assert response.status_code == 200
@@ -385,7 +386,7 @@ def test_deferred_answered_from_timer_socketpair(http):
     assert elapsed >= 0.3
 
 
-def test_deferred_answered_by_other_request(server, http, events_path):
+def test_deferred_from_other_request(server, http, events_path):
     topic = unique_topic('wait')
     connection, request_id = start_wait(server, events_path, topic)
     with connection:
@@ -440,6 +441,7 @@ def test_sse_framing(http, events_path):
     assert response.status_code == 200
     assert response.headers['content-type'].startswith('text/event-stream')
     assert response.headers['cache-control'] == 'no-cache'
+    assert response.cookies['stream'] == 'sample'
     text = response.text
     assert text.endswith('\n\n')
     assert '\r' not in text
@@ -466,13 +468,38 @@ def test_sse_framing(http, events_path):
     assert wait_removed(events_path, request_id)['reason'] == 'STREAM_CLOSED'
 
 
-def test_sse_rejects_line_break_in_field():
-    from workgate.model import format_event
+def test_sse_line_break_in_field_rejected(server, events_path):
+    """An event name with a line break would inject fields, so send_event() raises."""
+    lines_before = len(server.lines)
+    with RawConnection(server.port) as connection:
+        connection.send_request('GET', '/api/sse-broken')
+        status, _, headers = connection.read_head()
+        first = connection.read_chunk()
+        error = server.wait_log('must not contain a line break', start=lines_before)
 
-    with pytest.raises(ValueError):
-        format_event('data', event='two\nlines')
-    with pytest.raises(ValueError):
-        format_event('data', event_id='1\r2')
+    assert status == 200
+    assert first == b'data: before the error\n\n'
+    assert error is not None, 'the worker logged no error for the invalid event name'
+    request_id = int(headers['x-request-id'])
+    assert wait_removed(events_path, request_id)['reason'] == 'DISCONNECTED'
+
+
+@pytest.mark.xfail(strict=True, reason='a handler that raises after response_stream() '
+                   'leaves its stream open until the client leaves')
+def test_stream_ended_after_handler_error(server, events_path):
+    with RawConnection(server.port, timeout=2.0) as connection:
+        connection.send_request('GET', '/api/sse-broken')
+        _, _, headers = connection.read_head()
+        first = connection.read_chunk()
+        try:
+            ending = connection.wait_stream_closed()
+        except TimeoutError:
+            ending = 'still open'
+
+    assert first == b'data: before the error\n\n'
+    assert ending in ('last-chunk', 'closed')
+    request_id = int(headers['x-request-id'])
+    assert len(removed_events(events_path, request_id)) == 1
 
 
 def test_send_chunk_raw_bytes(server):
@@ -627,7 +654,7 @@ def test_client_leaves_mid_stream(server, http, events_path):
     assert http.post(f'/api/emit/{topic}', json={'data': 'x'}).json() == {'sent': 0}
 
 
-def test_client_leaves_before_deferred_answer(server, http, events_path):
+def test_client_leaves_before_deferred_response(server, http, events_path):
     topic = unique_topic('gone')
     connection, request_id = start_wait(server, events_path, topic)
     connection.close()
@@ -645,7 +672,7 @@ def test_client_leaves_before_deferred_answer(server, http, events_path):
     assert http.post(f'/api/publish/{topic}', json=1).json() == {'answered': 0}
 
 
-def test_late_answer_after_disconnect_dropped(server, http, events_path):
+def test_late_response_after_disconnect_dropped(server, http, events_path):
     topic = unique_topic('late')
     lines_before = len(server.lines)
     connection, request_id = start_wait(server, events_path, topic, '?keep=1')
@@ -654,7 +681,7 @@ def test_late_answer_after_disconnect_dropped(server, http, events_path):
     assert wait_events(events_path, lambda e: e['event'] == 'disconnect'
                        and e['request_id'] == request_id)
 
-    # The worker kept the request and answers it anyway.
+    # The worker kept the request and responds to it anyway.
     assert http.post(f'/api/publish/{topic}', json=1).json() == {'answered': 1}
     settle(http)
 
@@ -663,7 +690,7 @@ def test_late_answer_after_disconnect_dropped(server, http, events_path):
 
 
 def test_slow_reader_stream_closed(server, http, events_path):
-    """A client that stops reading loses its stream; the dispatcher stays small."""
+    """A client that stops reading loses its stream, and dispatcher memory stays bounded."""
     topic = unique_topic('slow')
     total, size = 20 * 1024 * 1024, 64 * 1024
     dispatcher_pid = server.process.pid
@@ -724,7 +751,7 @@ def test_idle_event_stream_gets_pings(ping_server):
     connection, parser, _ = subscribe(ping_server, unique_topic('ping'))
     with connection:
         started = time.monotonic()
-        comments = read_comments(connection, parser, 2, timeout=10 * PING_INTERVAL)
+        comments = read_comments(connection, parser, 2, timeout=20 * PING_INTERVAL)
         elapsed = time.monotonic() - started
 
     assert comments >= 2, f'{comments} comment lines in {elapsed:.1f} s'
@@ -738,7 +765,7 @@ def test_stream_outlives_keepalive_timeout(ping_server):
     connection, parser, _ = subscribe(ping_server, topic)
     with connection:
         started = time.monotonic()
-        read_comments(connection, parser, 3, timeout=10 * PING_INTERVAL)
+        read_comments(connection, parser, 3, timeout=20 * PING_INTERVAL)
         elapsed = time.monotonic() - started
         emitted = httpx.post(ping_server.url(f'/api/emit/{topic}'), json={'data': 'late'},
                              timeout=SOCKET_TIMEOUT)
@@ -750,7 +777,7 @@ def test_stream_outlives_keepalive_timeout(ping_server):
 
 
 def test_idle_ndjson_stream_gets_no_pings(ping_server):
-    """Only text/event-stream has comments; a ping would break an NDJSON line."""
+    """Only text/event-stream has comments, so a ping would corrupt an NDJSON stream."""
     topic = unique_topic('quiet')
     with RawConnection(ping_server.port) as quiet:
         quiet.send_request('GET', f'/api/ndjson/{topic}')
@@ -761,7 +788,7 @@ def test_idle_ndjson_stream_gets_no_pings(ping_server):
         # stream was idle for more than the ping interval.
         connection, parser, _ = subscribe(ping_server, unique_topic('ping'))
         with connection:
-            assert read_comments(connection, parser, 2, timeout=10 * PING_INTERVAL) >= 2
+            assert read_comments(connection, parser, 2, timeout=20 * PING_INTERVAL) >= 2
 
         ended = httpx.post(ping_server.url(f'/api/end/{topic}'), timeout=SOCKET_TIMEOUT)
         rest = b''.join(quiet.read_chunked_body())
@@ -819,24 +846,28 @@ def test_worker_crash_closes_streams(crash_server, crash_events_path):
     ready_before = len(crash_server.ready_lines())
     first, _, first_id = subscribe(crash_server, unique_topic('crash'))
     second, _, second_id = subscribe(crash_server, unique_topic('crash'))
-    with first, second:
+    waiter, waiter_id = start_wait(crash_server, path, unique_topic('crash'))
+    with first, second, waiter:
         crash = httpx.get(crash_server.url('/api/crash'), timeout=SOCKET_TIMEOUT)
         first_end = first.wait_stream_closed()
         second_end = second.wait_stream_closed()
+        waiter_status, _, _ = waiter.read_response()
 
     assert crash.status_code == 500
     assert first_end in ('last-chunk', 'closed')
     assert second_end in ('last-chunk', 'closed')
+    assert waiter_status == 500
     [crashing] = wait_events(path, lambda e: e['event'] == 'crashing')
-    for request_id in (first_id, second_id, crashing['request_id']):
+    victims = {first_id, second_id, waiter_id, crashing['request_id']}
+    for request_id in victims:
         assert wait_removed(path, request_id)['reason'] == 'WORKER_DIED'
     [died] = wait_events(path, lambda e: e['event'] == 'worker_died')
     assert died['exitcode'] == 7
-    assert set(died['victims']) == {first_id, second_id, crashing['request_id']}
+    assert set(died['victims']) == victims
 
     crash_server.wait_ready(ready_before + 1)
     assert httpx.get(crash_server.url('/api/hello')).status_code == 200
-    for request_id in (first_id, second_id, crashing['request_id']):
+    for request_id in victims:
         assert len(removed_events(path, request_id)) == 1
 
 

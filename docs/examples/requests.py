@@ -13,7 +13,7 @@ class FormsWorker(_workers.Worker):
 
     @_workers.api('/api/forms/headers', 'GET')
     def with_headers(self, request):
-        return 'see the headers\n', 200, {'X-Request-Id': str(request.request_id)}
+        return 'see the headers\n', 200, {'X-Handler': 'with_headers'}
 
     @_workers.api('/api/forms/response', 'GET')
     def response_object(self, request):
@@ -24,7 +24,7 @@ class FormsWorker(_workers.Worker):
 
     @_workers.api('/api/forms/bytes', 'GET')
     def raw_bytes(self, request):
-        return b'\x89PNG'
+        return b'binary data'
 
     @_workers.api('/api/forms/empty', 'DELETE')
     def empty(self, request):
@@ -32,7 +32,16 @@ class FormsWorker(_workers.Worker):
 
     @_workers.api('/api/forms/error', 'GET')
     def error(self, request):
-        raise KeyError('database password is hunter2')
+        raise RuntimeError('database connection refused')
+
+    @_workers.api('/api/forms/lookup/{key}', 'GET')
+    def lookup(self, request):
+        return {'value': {'a': 1}[request.path_params['key']]}
+
+    def on_request_error(self, request, err):
+        if isinstance(err, KeyError):
+            return {'error': f'unknown key {err}'}, 404
+        return super().on_request_error(request, err)
 
 
 class InspectWorker(_workers.Worker):

@@ -43,11 +43,11 @@ MAX_NAME_LENGTH = 200
 DEFAULT_LEVEL = 6
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 500
-# Each subscriber holds a connection and a slot in the dispatcher's
+# Each subscriber keeps a connection and a slot in the dispatcher's
 # in-flight table until it disconnects.
 MAX_SUBSCRIBERS = 100
 # Milliseconds an EventSource waits before it reconnects after losing the
-# stream. Browsers default to about 3 s.
+# stream, sent in the first event's retry field.
 RECONNECT_DELAY_MS = 2000
 EVENTS_ROUTE = '/api/results/events'
 
@@ -217,6 +217,8 @@ class StorageWorker(_workers.Worker):
     @_workers.api(EVENTS_ROUTE, 'GET')
     def subscribe(self, request):
         if len(self.subscribers) >= MAX_SUBSCRIBERS:
+            self.log.warning('rejected subscriber %d: %d event streams already open',
+                             request.request_id, len(self.subscribers))
             return {
                 'error': f'too many event stream subscribers ({MAX_SUBSCRIBERS}); '
                          'try again later',

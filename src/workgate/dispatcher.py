@@ -556,9 +556,12 @@ class Dispatcher:
         slot = pending.slot
         if slot is not None and slot.alive:
             slot.send((messages.DISCONNECT, request_id))
+        if pending.streaming:
+            self._on_response_done(client)
         self._notify_removed(request_id, pending, PENDING_DISCONNECTED)
 
     def _on_response_done(self, client: ClientConnection) -> None:
+        """Write the access log line of a finished response."""
         if self._settings.access_log:
             pending = client.pending
             _access_logger.info(logs.format_access(

@@ -436,9 +436,14 @@ class HttpProtocol(asyncio.Protocol):
                 client.error = (417, 'Unsupported Expect header')
                 raise ValueError('expect')
             client.expect_continue = client.http_version == b'1.1'
+            if client.expect_continue and self.active is None and not self.queue:
+                # Nothing is answered ahead of it, so the interim answer can go now.
+                self.transport.write(_CONTINUE)
+                client.expect_continue = False
         if client.method == 'HEAD':
             client.head_only = True
-        self.set_deadline(settings.body_timeout, 408)
+        if length is not None or 'transfer-encoding' in headers:
+            self.set_deadline(settings.body_timeout, 408)
 
     def split_target(self, client: ClientConnection) -> None:
         url = self.url
@@ -495,7 +500,6 @@ class HttpProtocol(asyncio.Protocol):
         while self.active is None and self.queue and not self.closed:
             client = self.queue.pop(0)
             self.active = client
-            self.set_deadline(0, 0)
             if self.reading_paused and len(self.queue) < MAX_PIPELINED // 2:
                 self.reading_paused = False
                 self.transport.resume_reading()
@@ -509,7 +513,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def finish(self, client: ClientConnection) -> None:
         """Mark the active request answered and move to the next one."""
-        self.dispatcher._on_response_done(client)
+        if self.settings.access_log:
+            self.dispatcher._on_response_done(client)
         if self.active is not client:
             return
         self.active = None
@@ -542,12 +547,19 @@ class HttpProtocol(asyncio.Protocol):
             self.deadline = 0.0
 
     def check_deadline(self, now: float) -> None:
+        """Apply the header, body or keep-alive deadline, whichever is running.
+
+        While a request is being read its read deadline applies (408). With
+        nothing to read and nothing to answer, the keep-alive deadline
+        applies (silent close). A connection busy answering has none.
+        """
         if not self.deadline or now < self.deadline or self.closed:
             return
-        self.deadline = 0.0
-        if self.deadline_status and self.parsing is not None:
-            self.fail(self.deadline_status, 'Request timed out')
-        else:
+        if self.parsing is not None:
+            self.deadline = 0.0
+            self.fail(self.deadline_status or 408, 'Request timed out')
+        elif self.active is None and not self.queue:
+            self.deadline = 0.0
             self.close()
 
     def close(self) -> None:

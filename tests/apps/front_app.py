@@ -15,7 +15,7 @@ The dispatcher keeps the path and client address of every request it
 queued to a pool, in order. ``GET /sync/accepted`` returns the paths, and
 ``GET /sync/accepted?peer=HOST:PORT`` only those from that client address,
 so a test can prove that a rejected request never reached a worker. Every
-worker answer carries ``X-Handled-By: worker``.
+worker response carries ``X-Handled-By: worker``.
 """
 
 import hashlib

@@ -1,9 +1,9 @@
-"""The application the streaming tests run: deferred answers and streams.
+"""The application the streaming tests run: deferred responses and streams.
 
 One pool of ``StreamWorker`` serves every path outside the static mount.
 Requests wait on named topics: ``GET /api/wait/{topic}`` is a deferred
 request and ``GET /api/sse/{topic}`` an event stream, and the ``POST``
-routes on the same topic answer, feed or end them. Worker and dispatcher
+routes on the same topic respond to them, feed them or end them. Worker and dispatcher
 hooks append JSON lines to the file named by ``WG_EVENTS``, so a test can
 see which request ids a worker saw and how each one left the in-flight table.
 
@@ -17,6 +17,7 @@ Settings, all optional, from the environment:
 - ``WG_STREAM_BUFFER_LIMIT``: the dispatcher's ``stream_buffer_limit`` in bytes.
 - ``WG_PING_INTERVAL``: passed as ``stream_ping_interval`` (seconds).
 - ``WG_KEEPALIVE_TIMEOUT``: the dispatcher's ``keepalive_timeout`` (seconds).
+- ``WG_SHUTDOWN_TIMEOUT``: the dispatcher's ``shutdown_timeout`` (default 1 s).
 - ``WG_STATIC``: a folder served under ``/static/``.
 """
 
@@ -32,7 +33,7 @@ EVENTS = os.environ.get('WG_EVENTS')
 
 
 def record(kind, **fields):
-    """Append one event line; a single O_APPEND write keeps lines whole."""
+    """Append one event line in one O_APPEND write, so lines from several processes stay whole."""
     if not EVENTS:
         return
     line = json.dumps({'event': kind, 'pid': os.getpid(), **fields}) + '\n'
@@ -53,14 +54,14 @@ SAMPLE_EVENTS = [
     {'data': 'id only', 'event_id': 'abc-1'},
 ]
 
-# Pieces of the raw chunk stream; the empty one must not end the stream.
+# Pieces of the raw chunk stream. The empty piece must not end the stream.
 SAMPLE_CHUNKS = [b'\x00\x01\xfe\xff', 'text \u00e9\n', b'', b'tail']
 
 SAMPLE_NDJSON = [{'n': 1}, [1, 2, 3], 'text', None, {'nested': {'ok': True}}]
 
 
 class StreamWorker(_workers.Worker):
-    """Holds deferred requests and streams by topic and answers them on demand."""
+    """A worker that keeps deferred requests and streams by topic until other requests use them."""
 
     def setup(self):
         self.waiters = {}          # topic -> {request_id: (request, keep)}
@@ -70,7 +71,7 @@ class StreamWorker(_workers.Worker):
         self.tickers = {}          # request_id -> [request, remaining, interval]
 
         # A pipe the worker writes to itself: the handler writes one byte
-        # and the reader callback answers once the handler has returned.
+        # and the reader callback responds after the handler has returned.
         self.pipe_read, self.pipe_write = os.pipe()
         os.set_blocking(self.pipe_read, False)
         self.register_reader(self.pipe_read, self.on_pipe_readable)
@@ -148,7 +149,7 @@ class StreamWorker(_workers.Worker):
         record('crashing', request_id=request.request_id)
         os._exit(7)
 
-    # -- deferred answers ---------------------------------------------------
+    # -- deferred responses -------------------------------------------------
 
     @_workers.api('/api/wait/{topic}', 'GET')
     def wait(self, request):
@@ -166,23 +167,23 @@ class StreamWorker(_workers.Worker):
                            headers={'X-Published-By': str(request.request_id)})
         return {'answered': len(waiting)}
 
-    @_workers.api('/api/idle-answer', 'GET')
-    def idle_answer(self, request):
+    @_workers.api('/api/deferred/idle', 'GET')
+    def deferred_idle(self, request):
         self.idle_waiters.append(request)
         return _workers.DEFERRED
 
-    @_workers.api('/api/pipe-answer', 'GET')
-    def pipe_answer(self, request):
+    @_workers.api('/api/deferred/pipe', 'GET')
+    def deferred_pipe(self, request):
         self.pipe_waiters.append(request)
         os.write(self.pipe_write, b'x')
         return _workers.DEFERRED
 
-    @_workers.api('/api/timer-answer/{delay:float}', 'GET')
-    def timer_answer(self, request):
-        def answer():
+    @_workers.api('/api/deferred/timer/{delay:float}', 'GET')
+    def deferred_timer(self, request):
+        def respond():
             request.respond({'from': 'timer', 'request_id': request.request_id})
 
-        self.call_later(request.path_params['delay'], answer)
+        self.call_later(request.path_params['delay'], respond)
         return _workers.DEFERRED
 
     # -- streams fed by other requests ----------------------------------------
@@ -243,7 +244,8 @@ class StreamWorker(_workers.Worker):
 
     @_workers.api('/api/sse-sample', 'GET')
     def sse_sample(self, request):
-        request.response_stream(headers={'X-Request-Id': str(request.request_id)})
+        request.response_stream(headers={'X-Request-Id': str(request.request_id)},
+                                cookies={'stream': 'sample'})
         for event in SAMPLE_EVENTS:
             request.send_event(**event)
         request.response_stream_end()
@@ -264,6 +266,14 @@ class StreamWorker(_workers.Worker):
         for value in SAMPLE_NDJSON:
             request.send_ndjson(value)
         request.response_stream_end()
+        return _workers.DEFERRED
+
+    @_workers.api('/api/sse-broken', 'GET')
+    def sse_broken(self, request):
+        """Open a stream, send one event, then fail on an event name with a line break."""
+        request.response_stream(headers={'X-Request-Id': str(request.request_id)})
+        request.send_event('before the error')
+        request.send_event('never sent', event='two\nlines')
         return _workers.DEFERRED
 
     @_workers.api('/api/ticker/{count:int}/{interval:float}', 'GET')
@@ -318,6 +328,6 @@ def make():
                 max_restarts=100),
         ],
         static_routes={'/static/': static} if static else None,
-        shutdown_timeout=2,
+        shutdown_timeout=float(os.environ.get('WG_SHUTDOWN_TIMEOUT', '1')),
         **settings,
     )

@@ -1,0 +1,444 @@
+"""The pages under docs/ stay true: their examples run and print what the pages show.
+
+Every check is driven by the Markdown pages themselves:
+
+- A fenced ``python`` block whose first line is ``# docs/examples/NAME.py``
+  is a copy of that file and must stay byte-identical to it. Every file in
+  docs/examples/ must be shown on some page, and every other ``python``
+  block must at least compile.
+- A fenced ``console`` block on the line right after
+  ``<!-- check: MODULE:ATTRIBUTE -->`` is a shell session against that
+  example app. One test per app starts it with ``workgate run`` on a free
+  loopback port, replays every session of that app in page order, and
+  compares what each command prints with the lines the page shows.
+- Some pages show things a session cannot replay (log lines, the status
+  document, metrics, TLS). The checks registered with ``extra_check`` and
+  the tests at the end compare those with the pages.
+
+A session may use ``curl`` with the options ``parse_curl`` accepts, a
+trailing ``&`` to run a curl in the background, ``wait`` (which prints the
+output of the background commands, in the order they started) and
+``sleep SECONDS``. curl itself is not run: the request is made with
+http.client and printed the way curl prints it, so the tests need no curl
+binary. The date, etag and last-modified header lines of ``curl -i`` output
+are compared by name only, because their values change from run to run.
+"""
+
+from __future__ import annotations
+
+import ast
+import http.client
+import json
+import re
+import shlex
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.harness import REPO, Server
+
+DOCS = REPO / 'docs'
+EXAMPLES = DOCS / 'examples'
+PAGES = sorted(DOCS.glob('*.md'))
+
+# The address every page uses; sessions send its requests to the test server.
+DOCS_ORIGIN = 'localhost:8080'
+REQUEST_TIMEOUT = 15.0
+# A background request gets this long to reach the server before the next
+# command runs, as it would while a person types the next command.
+BACKGROUND_HEAD_START = 0.3
+# Header lines of `curl -i` output whose values change on every run.
+VOLATILE_HEADERS = frozenset({'date', 'etag', 'last-modified'})
+
+_FENCE_RE = re.compile(r'^(`{3,})(\S*)\s*$')
+_CHECK_RE = re.compile(r'^<!-- check: (\S+:\S+) -->$')
+_EXAMPLE_MARKER_RE = re.compile(r'^# (docs/examples/\S+\.py)$')
+_POOL_LINE_RE = re.compile(r'pool \S+: (\d+) workers')
+
+
+# -- reading the pages --------------------------------------------------------
+
+@dataclass
+class Block:
+    """One fenced code block of a page."""
+
+    page: Path
+    line: int
+    language: str
+    text: str
+    check_target: str | None
+
+    @property
+    def where(self) -> str:
+        return f'{self.page.relative_to(REPO)}:{self.line}'
+
+
+def read_blocks(page: Path) -> list[Block]:
+    """Return the fenced blocks of ``page`` with their ``check`` markers."""
+    blocks = []
+    lines = page.read_text().split('\n')
+    index = 0
+    while index < len(lines):
+        opening = _FENCE_RE.match(lines[index])
+        if opening is None:
+            index += 1
+            continue
+        fence, language = opening.groups()
+        previous = lines[index - 1] if index else ''
+        marker = _CHECK_RE.match(previous)
+        end = index + 1
+        while end < len(lines) and lines[end] != fence:
+            end += 1
+        if end == len(lines):
+            raise AssertionError(f'{page.relative_to(REPO)}:{index + 1}: unclosed code fence')
+        text = '\n'.join(lines[index + 1:end]) + '\n'
+        blocks.append(Block(page, index + 1, language, text,
+                            marker.group(1) if marker else None))
+        index = end + 1
+    return blocks
+
+
+ALL_BLOCKS = [block for page in PAGES for block in read_blocks(page)]
+
+
+def sessions_by_target() -> dict[str, list[Block]]:
+    sessions: dict[str, list[Block]] = {}
+    for block in ALL_BLOCKS:
+        if block.check_target is not None:
+            sessions.setdefault(block.check_target, []).append(block)
+    return sessions
+
+
+SESSIONS = sessions_by_target()
+
+
+def page_text(name: str) -> str:
+    return (DOCS / name).read_text()
+
+
+# -- the curl subset ------------------------------------------------------------
+
+@dataclass
+class CurlCommand:
+    """The parts of a curl command line that a session may use."""
+
+    url: str = ''
+    method: str | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    data: list[str] = field(default_factory=list)
+    include: bool = False
+    head: bool = False
+    write_out: str | None = None
+    discard_body: bool = False
+    max_time: float | None = None
+
+
+_CURL_FLAGS = {'-s': 'silent', '--silent': 'silent', '-S': 'silent', '--show-error': 'silent',
+               '-N': 'silent', '--no-buffer': 'silent', '-i': 'include', '--include': 'include',
+               '-I': 'head', '--head': 'head'}
+_CURL_VALUES = {'-X': 'method', '--request': 'method', '-H': 'header', '--header': 'header',
+                '-d': 'data', '--data': 'data', '--data-binary': 'data',
+                '--data-raw': 'data', '-b': 'cookie', '--cookie': 'cookie',
+                '-w': 'write_out', '--write-out': 'write_out', '-o': 'output',
+                '--output': 'output', '-m': 'max_time', '--max-time': 'max_time'}
+
+
+def parse_curl(args: list[str]) -> CurlCommand:
+    """Parse curl's arguments; raise ValueError for anything outside the subset."""
+    command = CurlCommand()
+    options: list[tuple[str, str | None]] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        index += 1
+        if arg.startswith('--'):
+            if arg in _CURL_FLAGS:
+                options.append((_CURL_FLAGS[arg], None))
+            elif arg in _CURL_VALUES:
+                options.append((_CURL_VALUES[arg], args[index]))
+                index += 1
+            else:
+                raise ValueError(f'curl option {arg} is not supported by the session runner')
+        elif arg.startswith('-') and len(arg) > 1:
+            letters = arg[1:]
+            for position, letter in enumerate(letters):
+                option = '-' + letter
+                if option in _CURL_FLAGS:
+                    options.append((_CURL_FLAGS[option], None))
+                elif option in _CURL_VALUES:
+                    rest = letters[position + 1:]
+                    if rest:
+                        options.append((_CURL_VALUES[option], rest))
+                    else:
+                        options.append((_CURL_VALUES[option], args[index]))
+                        index += 1
+                    break
+                else:
+                    raise ValueError(f'curl option {option} is not supported by the '
+                                     'session runner')
+        elif command.url:
+            raise ValueError(f'curl got a second URL {arg!r}')
+        else:
+            command.url = arg
+
+    for name, value in options:
+        if name == 'include':
+            command.include = True
+        elif name == 'head':
+            command.head = True
+        elif name == 'method':
+            command.method = value
+        elif name == 'header':
+            header, _, header_value = value.partition(':')
+            command.headers.append((header.strip(), header_value.strip()))
+        elif name == 'data':
+            if value.startswith('@'):
+                raise ValueError('curl -d @FILE is not supported by the session runner')
+            command.data.append(value)
+        elif name == 'cookie':
+            command.headers.append(('Cookie', value))
+        elif name == 'write_out':
+            command.write_out = value
+        elif name == 'output':
+            if value != '/dev/null':
+                raise ValueError('curl -o supports only /dev/null in sessions')
+            command.discard_body = True
+        elif name == 'max_time':
+            command.max_time = float(value)
+    if not command.url:
+        raise ValueError('curl command without a URL')
+    return command
+
+
+def run_curl(command: CurlCommand, port: int) -> str:
+    """Send the request and return what curl would print."""
+    url = urllib.parse.urlsplit(command.url)
+    if url.scheme != 'http' or url.netloc != DOCS_ORIGIN:
+        raise ValueError(f'session URLs must start with http://{DOCS_ORIGIN}/, got {command.url}')
+    target = url.path + (f'?{url.query}' if url.query else '')
+
+    headers = {'Accept': '*/*'}
+    body = None
+    if command.data:
+        body = '&'.join(command.data).encode()
+        headers['Content-Type'] = 'application/x-www-form-urlencoded'
+    for name, value in command.headers:
+        for existing in [key for key in headers if key.lower() == name.lower()]:
+            del headers[existing]
+        headers[name] = value
+    method = command.method or ('HEAD' if command.head else 'POST' if body is not None
+                                else 'GET')
+
+    deadline = time.monotonic() + (command.max_time or REQUEST_TIMEOUT)
+    connection = http.client.HTTPConnection('127.0.0.1', port, timeout=REQUEST_TIMEOUT)
+    status_line, header_lines, received = None, [], []
+    try:
+        connection.connect()
+        connection.sock.settimeout(max(0.01, deadline - time.monotonic()))
+        connection.request(method, target, body=body, headers=headers)
+        response = connection.getresponse()
+        version = 'HTTP/1.0' if response.version == 10 else 'HTTP/1.1'
+        status_line = f'{version} {response.status} {response.reason}'
+        header_lines = [f'{name}: {value}' for name, value in response.getheaders()]
+        while method != 'HEAD':
+            connection.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = response.read1(65536)
+            if not chunk:
+                break
+            received.append(chunk)
+    except TimeoutError:
+        if command.max_time is None:
+            raise
+    finally:
+        connection.close()
+
+    output = ''
+    if (command.include or command.head) and status_line is not None:
+        output += '\n'.join([status_line, *header_lines]) + '\n\n'
+    if not command.discard_body and not command.head:
+        output += b''.join(received).decode('utf-8', errors='replace')
+    if command.write_out is not None and status_line is not None:
+        code = status_line.split()[1]
+        output += command.write_out.replace('%{http_code}', code).replace('\\n', '\n')
+    return output
+
+
+# -- sessions ------------------------------------------------------------------
+
+@dataclass
+class Step:
+    command: str
+    expected: list[str]
+    line: int
+
+
+def parse_session(block: Block) -> list[Step]:
+    steps: list[Step] = []
+    lines = block.text.rstrip('\n').split('\n')
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        if not line.startswith('$ '):
+            raise AssertionError(f'{block.where}: output line {line!r} before any command')
+        start = index
+        command = line[2:]
+        while command.endswith('\\'):
+            index += 1
+            command = command[:-1] + ' ' + lines[index].strip()
+        index += 1
+        expected = []
+        while index < len(lines) and not lines[index].startswith('$ '):
+            expected.append(lines[index])
+            index += 1
+        steps.append(Step(command, expected, block.line + 1 + start))
+    return steps
+
+
+def lines_match(expected: list[str], actual: list[str]) -> bool:
+    if len(expected) != len(actual):
+        return False
+    for want, got in zip(expected, actual, strict=True):
+        name, sep, _ = want.partition(':')
+        if sep and name.lower() in VOLATILE_HEADERS:
+            if got.partition(':')[0] != name:
+                return False
+        elif want != got:
+            return False
+    return True
+
+
+def normalise(text: str) -> list[str]:
+    lines = [line.rstrip() for line in text.replace('\r\n', '\n').split('\n')]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+class SessionRunner:
+    """Replay the steps of sessions against one running example app."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.background: list[tuple[threading.Thread, list]] = []
+
+    def run(self, step: Step) -> str:
+        words = shlex.split(step.command)
+        if words == ['wait']:
+            outputs = []
+            for thread, result in self.background:
+                thread.join(REQUEST_TIMEOUT + 5)
+                assert not thread.is_alive(), 'a background request did not finish'
+                if isinstance(result[0], BaseException):
+                    raise result[0]
+                outputs.append(result[0].rstrip('\n'))
+            self.background.clear()
+            return '\n'.join(outputs)
+        if words[0] == 'sleep' and len(words) == 2:
+            time.sleep(float(words[1]))
+            return ''
+        if words[0] != 'curl':
+            raise AssertionError(f'sessions run only curl, wait and sleep, not {words[0]!r}')
+        if words[-1] == '&':
+            command = parse_curl(words[1:-1])
+            result: list = [None]
+
+            def request() -> None:
+                try:
+                    result[0] = run_curl(command, self.port)
+                except BaseException as err:  # handed to the main thread at `wait`
+                    result[0] = err
+
+            thread = threading.Thread(target=request, daemon=True)
+            thread.start()
+            self.background.append((thread, result))
+            time.sleep(BACKGROUND_HEAD_START)
+            return ''
+        return run_curl(parse_curl(words[1:]), self.port)
+
+
+def expected_workers(server: Server) -> int:
+    """Sum the pool sizes the dispatcher logged before it started listening."""
+    return sum(int(match.group(1)) for line in server.lines
+               for match in [_POOL_LINE_RE.search(line)] if match)
+
+
+# Apps with pools whose workers never become ready, by design of the page.
+READY_WORKERS = {'docs.examples.supervision:make': 1}
+EXTRA_CHECKS: dict[str, list] = {}
+
+
+def extra_check(target: str):
+    """Register a check that runs on ``target``'s server after its sessions."""
+    def register(function):
+        EXTRA_CHECKS.setdefault(target, []).append(function)
+        return function
+    return register
+
+
+# -- the tests ------------------------------------------------------------------
+
+def test_example_blocks_match_files():
+    shown = set()
+    for block in ALL_BLOCKS:
+        if block.language != 'python':
+            continue
+        first_line = block.text.split('\n', 1)[0]
+        marker = _EXAMPLE_MARKER_RE.match(first_line)
+        if marker is None:
+            ast.parse(block.text, filename=block.where)
+            continue
+        path = REPO / marker.group(1)
+        assert path.is_file(), f'{block.where}: {marker.group(1)} does not exist'
+        assert block.text == path.read_text(), (
+            f'{block.where}: the block differs from {marker.group(1)}; copy the file again')
+        shown.add(path)
+    unshown = sorted(str(path.relative_to(REPO)) for path in EXAMPLES.glob('*.py')
+                     if path.name != '__init__.py' and path not in shown)
+    assert not unshown, f'example files no page shows: {unshown}'
+
+
+def test_relative_links_resolve():
+    link_re = re.compile(r'\]\(([^)#\s]+)(#[^)]*)?\)')
+    for page in [*PAGES, REPO / 'README.md']:
+        for match in link_re.finditer(page.read_text()):
+            target = match.group(1)
+            if '://' in target or target.startswith('mailto:'):
+                continue
+            assert (page.parent / target).exists(), (
+                f'{page.relative_to(REPO)} links to {target}, which does not exist')
+
+
+def test_every_session_names_an_example():
+    for target, blocks in SESSIONS.items():
+        module = target.split(':')[0]
+        path = REPO / (module.replace('.', '/') + '.py')
+        assert path.is_file(), f'{blocks[0].where}: {module} is not a file'
+        for block in blocks:
+            assert block.language == 'console', f'{block.where}: check marker on a ' \
+                                                 f'{block.language!r} block'
+
+
+@pytest.mark.parametrize('target', sorted(SESSIONS))
+def test_sessions(target):
+    with Server(target) as server:
+        server.wait_ready(READY_WORKERS.get(target) or expected_workers(server))
+        runner = SessionRunner(server.port)
+        for block in SESSIONS[target]:
+            for step in parse_session(block):
+                actual = normalise(runner.run(step))
+                expected = normalise('\n'.join(step.expected))
+                assert lines_match(expected, actual), (
+                    f'{block.page.relative_to(REPO)}:{step.line}: $ {step.command}\n'
+                    f'--- the page shows\n' + '\n'.join(expected) +
+                    '\n--- the command printed\n' + '\n'.join(actual) +
+                    '\n--- server output\n' + server.output()[-3000:])
+        for check in EXTRA_CHECKS.get(target, []):
+            check(server)
