@@ -87,6 +87,10 @@ class FlowApp(_workers.Dispatcher):
         self.token_read.setblocking(False)
         self.register_reader(self.token_read, self.on_token)
 
+    def do_check(self, client):
+        if client.path.startswith('/audit/') and client.method != 'GET':
+            raise _workers.RejectRequest({'error': 'only workers write audit entries'}, 403)
+
     @_workers.sync('/admin/refresh-token', 'POST')
     def refresh_token(self, client, path_params):
         self.refreshes += 1

@@ -10,12 +10,17 @@ class ReportWorker(_workers.Worker):
     def setup(self):
         self.currency = self.kwargs['currency']
         self.rates = {}
+        self.served = 0
+
+    def teardown(self):
+        self.log.info('served %d reports', self.served)
 
     def on_config(self, config):
         self.rates = config['rates']
 
     @_workers.api('/api/reports/total', 'GET')
     def total(self, request):
+        self.served += 1
         rate = self.rates.get(self.currency, 1)
         return {'pool': self.pool_name, 'currency': self.currency, 'total': 100 * rate}
 
@@ -42,7 +47,8 @@ def make():
     return GatewayApp(
         static_routes={'/api/docs/': STATIC},
         pools=[
-            _workers.WorkerPool(ReportWorker, routes=['/api/reports/**'], currency='EUR'),
+            _workers.WorkerPool(ReportWorker, routes=['/api/reports/**'],
+                                log_level=_workers.LOG_INFO, currency='EUR'),
             _workers.WorkerPool(ApiWorker, num_workers=2, routes=['/api/**']),
         ],
     )

@@ -540,7 +540,10 @@ class Dispatcher:
             return
         client = pending.client
         if pending.streaming:
-            client._protocol.end_stream(client)
+            if reason == PENDING_WORKER_DIED:
+                client._protocol.abort_stream(client)
+            else:
+                client._protocol.end_stream(client)
         elif not client.responded:
             client._protocol.send_error(client, status, message, headers)
         self._notify_removed(request_id, pending, reason)
@@ -627,13 +630,36 @@ class Dispatcher:
         _, request_id, status, headers, cookies, body, content_type, ends_handler = message
         if request_id != -1:
             pending = self._pending.get(request_id)
-            if pending is not None and not pending.streaming:
-                self._complete(request_id, pending, status, headers, cookies, body,
-                               content_type)
+            if pending is not None:
+                if not pending.streaming:
+                    self._complete(request_id, pending, status, headers, cookies, body,
+                                   content_type)
+                elif ends_handler:
+                    self._answer_after_stream(request_id, pending, status)
         if ends_handler:
             self._on_handler_done(pool, slot, request_id)
             if pool._waiting:
                 pool._schedule()
+
+    def _answer_after_stream(self, request_id: int, pending: _PendingRequest,
+                             status: int) -> None:
+        """Handle a handler's return value for a request it had started streaming.
+
+        A failed handler (5xx) cuts the stream short, since nothing will end
+        it. Any other value is ignored and the stream stays open: the handler
+        should have returned DEFERRED.
+        """
+        if status >= 500:
+            self.log.error('handler of request %s (%s %s) failed after starting a stream; '
+                           'closing the stream', request_id, pending.method, pending.path)
+            if self._remove_pending(request_id, PENDING_STREAM_CLOSED) is not None:
+                pending.client._protocol.abort_stream(pending.client)
+                self._notify_removed(request_id, pending, PENDING_STREAM_CLOSED)
+        else:
+            self._warn_limited(('stream-return', pending.path),
+                               'handler of %s %s started a stream and returned a value; '
+                               'the value is ignored (return DEFERRED)',
+                               pending.method, pending.path)
 
     def _complete(self, request_id: int, pending: _PendingRequest, status: int, headers: Any,
                   cookies: Any, body: Any, content_type: str | None) -> None:

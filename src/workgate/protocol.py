@@ -665,6 +665,11 @@ class HttpProtocol(asyncio.Protocol):
         client.is_event_stream = content_type.startswith('text/event-stream')
         client.last_write = time.monotonic()
         self.transport.write(head)
+        if client.head_only:
+            # HEAD gets the stream's headers only. The response is complete
+            # now, so the stream's first data finds its client gone.
+            client.responded = True
+            self.finish(client)
         return True
 
     def stream_write(self, client: ClientConnection, data: bytes) -> bool:
@@ -688,6 +693,17 @@ class HttpProtocol(asyncio.Protocol):
             transport.abort()
             return False
         return True
+
+    def abort_stream(self, client: ClientConnection) -> None:
+        """Cut a stream short so the client can tell it is incomplete.
+
+        The connection closes without the chunked terminator (HTTP/1.1) and
+        before any further data (HTTP/1.0).
+        """
+        client.responded = True
+        if self.active is client and self.transport is not None:
+            self.transport.abort()
+            self.closed = True
 
     def end_stream(self, client: ClientConnection) -> bool:
         if not client.streaming or client.responded:
