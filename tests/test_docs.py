@@ -35,6 +35,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -442,3 +443,277 @@ def test_sessions(target):
                     '\n--- server output\n' + server.output()[-3000:])
         for check in EXTRA_CHECKS.get(target, []):
             check(server)
+
+
+# -- output that sessions cannot replay --------------------------------------------
+
+def shown_and_logged(server: Server, page: str, line: str) -> None:
+    """Check that ``page`` shows the log ``line`` and the server printed one like it.
+
+    Pids and durations differ from run to run, so in the server's output a
+    number after ``pid `` and a decimal number of seconds may differ.
+    """
+    assert line in page_text(page), f'{page} does not show the log line {line!r}'
+    pattern = re.escape(line)
+    pattern = re.sub(r'pid\\ \d+', r'pid\\ \\d+', pattern)
+    pattern = re.sub(r'\d+\\\.\d+s', r'[\\d.]+s', pattern)
+    assert server.wait_log(pattern, timeout=5), (
+        f'the server printed no line like {line!r}:\n' + server.output()[-3000:])
+
+
+@extra_check('docs.examples.hello:make')
+def check_hello_startup_lines(server):
+    for line in ("HelloApp pool GreetWorker: 2 workers, routes ['/api/**']",
+                 'HelloApp worker GreetWorker[0] pid 28998 ready (setup took 0.021s)'):
+        shown_and_logged(server, 'first-app.md', line)
+
+
+@extra_check('docs.examples.requests:make')
+def check_request_error_is_logged(server):
+    shown_and_logged(server, 'handlers.md',
+                     'ERROR    FormsWorker[0] GET /api/forms/error failed: '
+                     'database connection refused')
+    shown_and_logged(server, 'handlers.md', 'RuntimeError: database connection refused')
+
+
+@extra_check('docs.examples.pools:make')
+def check_teardown_runs_at_shutdown(server):
+    assert server.terminate() == 0
+    shown_and_logged(server, 'pools.md', 'INFO     ReportWorker[0] served 2 reports')
+
+
+@extra_check('docs.examples.streaming:make')
+def check_disconnect_is_logged(server):
+    shown_and_logged(server, 'streaming.md',
+                     'INFO     StreamWorker[0] request 9: the client went away')
+
+
+@extra_check('docs.examples.supervision:make')
+def check_supervision_log_lines(server):
+    for line in (
+            'ERROR    SupervisionApp worker FragileWorker[0] pid 8166 died '
+            '(exit code 1, 1 victims); restarting',
+            'ERROR    SupervisionApp request 4 (GET /api/crash/0.5) lost its worker '
+            'FragileWorker[0]: died',
+            'ERROR    SupervisionApp worker FragileWorker[0] pid 8169 is stuck: '
+            'no sign of life for 2.1s in request 6; killing it',
+            'ERROR    SupervisionApp worker FragileWorker[0] pid 8169 stuck '
+            '(signal SIGKILL, 0 victims); restarting',
+            'WARNING  SupervisionApp pool FragileWorker is degraded '
+            '(4 restarts within 60s); answering 503',
+            'INFO     SupervisionApp pool FragileWorker recovered (after 2s); '
+            'restarting its workers'):
+        shown_and_logged(server, 'supervision.md', line)
+
+
+@extra_check('docs.examples.logging_app:make')
+def check_logging_output(server):
+    for line in ('INFO     orders-0 loading order 7',
+                 'WARNING  orders-0 order 1234 is 3 days late',
+                 "INFO     gateway pool OrderWorker: 1 workers, routes ['/api/**']"):
+        shown_and_logged(server, 'logging.md', line)
+    access = (r'INFO     access 127\.0\.0\.1:\d+ "GET /api/orders/7" 200 [\d.]+ms '
+              r'pool=OrderWorker worker=0')
+    assert re.search(access, page_text('logging.md'))
+    assert server.wait_log(access, timeout=5), server.output()
+    assert 'DEBUG' not in server.output()
+
+
+def shown_status_document() -> dict:
+    """The sample status document that operations.md prints."""
+    text = page_text('operations.md')
+    start = text.index('$ curl -s http://localhost:8080/_status | python3 -m json.tool\n')
+    body = text[text.index('\n', start) + 1:text.index('```', start)]
+    return json.loads(body)
+
+
+def key_tree(value):
+    if isinstance(value, dict):
+        return {key: key_tree(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [key_tree(value[0])] if value else []
+    return None
+
+
+def fetch(port: int, path: str) -> tuple[int, str]:
+    connection = http.client.HTTPConnection('127.0.0.1', port, timeout=REQUEST_TIMEOUT)
+    try:
+        connection.request('GET', path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+@extra_check('docs.examples.operations:make')
+def check_status_and_metrics(server):
+    status, body = fetch(server.port, '/_status')
+    assert status == 200
+    assert key_tree(json.loads(body)) == key_tree(shown_status_document())
+
+    status, metrics = fetch(server.port, '/_metrics')
+    assert status == 200
+    text = page_text('operations.md')
+    listed = set(re.findall(r'^\| `(workgate_[a-z_]+)` \|', text, re.MULTILINE))
+    exposed = set(re.findall(r'^# TYPE (workgate_[a-z_]+) ', metrics, re.MULTILINE))
+    assert listed == exposed, f'listed only: {listed - exposed}, exposed only: {exposed - listed}'
+    sample = text[text.index('$ curl -s http://localhost:8080/_metrics\n'):]
+    sample = sample[sample.index('\n') + 1:sample.index('...\n')]
+    for line in sample.splitlines():
+        assert line in metrics.splitlines(), f'metrics output lacks {line!r}:\n{metrics}'
+
+
+# -- examples that need a particular environment -----------------------------------
+
+def test_tls_example(tmp_path):
+    openssl = shutil.which('openssl')
+    if openssl is None:
+        pytest.skip('the openssl command is not installed; it makes the test certificate')
+    text = page_text('operations.md')
+    for shown in ('-keyout key.pem -out cert.pem -days 30 -subj /CN=localhost',
+                  '--certfile cert.pem --keyfile key.pem',
+                  "$ curl -s --cacert cert.pem -H 'X-Forwarded-For: 203.0.113.7' "
+                  'https://localhost:8443/api/client\n{"remote_address":"203.0.113.7"}'):
+        assert shown in text, f'operations.md no longer shows {shown!r}'
+    subprocess.run(
+        [openssl, 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
+         '-nodes', '-keyout', 'key.pem', '-out', 'cert.pem', '-days', '30',
+         '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'],
+        cwd=tmp_path, check=True, capture_output=True, timeout=30)
+
+    with Server('docs.examples.operations:make', '--certfile', str(tmp_path / 'cert.pem'),
+                '--keyfile', str(tmp_path / 'key.pem')) as server:
+        context = ssl.create_default_context(cafile=str(tmp_path / 'cert.pem'))
+        connection = http.client.HTTPSConnection('127.0.0.1', server.port, context=context,
+                                                 timeout=REQUEST_TIMEOUT)
+        try:
+            connection.request('GET', '/api/client',
+                               headers={'X-Forwarded-For': '203.0.113.7'})
+            body = connection.getresponse().read().decode()
+        finally:
+            connection.close()
+
+    assert body == '{"remote_address":"203.0.113.7"}'
+
+
+def ipv6_loopback_available() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(('::1', 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback_available(),
+                    reason='this machine has no IPv6 loopback address')
+def test_ipv6_example():
+    shown = "$ curl -s 'http://[::1]:8080/api/client'\n{\"remote_address\":\"[::1]:52918\"}"
+    assert shown in page_text('operations.md')
+    with Server('docs.examples.operations:make', host='::') as server:
+        connection = http.client.HTTPConnection('::1', server.port, timeout=REQUEST_TIMEOUT)
+        try:
+            connection.request('GET', '/api/client')
+            body = json.loads(connection.getresponse().read())
+        finally:
+            connection.close()
+
+    assert re.fullmatch(r'\[::1\]:\d+', body['remote_address']), body
+
+
+# -- the reference against the code ----------------------------------------------
+
+_DEFAULTS_SCRIPT = '''
+import inspect, json
+import workgate
+from workgate import cli
+
+def params(function):
+    return {name: repr(p.default) for name, p in inspect.signature(function).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+print(json.dumps({
+    'settings': {name: repr(value) for name, value in workgate.Settings.DEFAULTS.items()},
+    'aliases': workgate.Settings.ALIASES,
+    'ignored': sorted(workgate.Settings.IGNORED),
+    'dispatcher': params(workgate.Dispatcher.__init__),
+    'pool': params(workgate.WorkerPool.__init__),
+    'levels': {str(level): name for level, name in workgate.LOG_LEVEL_NAMES.items()},
+    'options': sorted(option for action in cli.build_parser()._subparsers._group_actions[0]
+                      .choices['run']._actions for option in action.option_strings),
+}))
+'''
+
+
+@pytest.fixture(scope='module')
+def code_defaults() -> dict:
+    env = {'PYTHONPATH': str(REPO / 'src'), 'PATH': '/usr/bin:/bin'}
+    result = subprocess.run([sys.executable, '-c', _DEFAULTS_SCRIPT], env=env,
+                            capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def table_defaults(text: str, section: str) -> dict[str, str]:
+    """Map each row name of the first table under ``section`` to its second cell."""
+    start = text.index(section)
+    rows = {}
+    for line in text[start:].splitlines()[1:]:
+        if line.startswith('#'):
+            break
+        match = re.match(r'^\| `([a-z_]+)` \| ([^|]*) \|', line)
+        if match:
+            rows[match.group(1)] = match.group(2).strip()
+        elif rows and not line.startswith('|'):
+            break
+    return rows
+
+
+def rendered(value: str) -> str:
+    """Write the repr of a default the way the reference writes it."""
+    if value.startswith("'") or value == '()':
+        return f'`{value}`'
+    return value
+
+
+@pytest.mark.parametrize('section,key', [
+    ('### Dispatcher settings', 'settings'),
+    ('## Dispatcher\n', 'dispatcher'),
+    ('## WorkerPool', 'pool'),
+])
+def test_reference_defaults_match_code(code_defaults, section, key):
+    rows = table_defaults(page_text('reference.md'), section)
+    for name, value in code_defaults[key].items():
+        assert name in rows, f'reference.md, {section.strip()}: no row for {name}'
+        shown = rendered(value)
+        if name == 'log_level':
+            shown = f"`LOG_{code_defaults['levels'][value]}`"
+        assert rows[name].startswith(shown), (
+            f'reference.md, {section.strip()}: {name} shows {rows[name]!r}, the code has {value}')
+
+
+def test_reference_lists_aliases_and_options(code_defaults):
+    text = ' '.join(page_text('reference.md').split())
+    for alias, setting in code_defaults['aliases'].items():
+        assert f'`{alias}` to `{setting}`' in text, f'reference.md lacks the alias {alias}'
+    for name in code_defaults['ignored']:
+        assert f'`{name}`' in text, f'reference.md lacks the ignored keyword {name}'
+    for option in code_defaults['options']:
+        assert f'`{option}' in text, f'reference.md lacks the option {option}'
+        if option.startswith('--') and option not in ('--help',):
+            assert f'`{option}' in page_text('operations.md'), \
+                f'operations.md lacks the option {option}'
+
+
+def test_reference_lists_environment_variables():
+    names = set()
+    for path in (REPO / 'src' / 'workgate').glob('*.py'):
+        source = path.read_text()
+        names.update(re.findall(r"environ(?:\.get\(|\[)'([A-Z_]+)'", source))
+        names.update(re.findall(r"_ENV = '([A-Z_]+)'", source))
+    assert names, 'found no environment variables in the source'
+    text = page_text('reference.md')
+    for name in sorted(names):
+        assert f'`{name}`' in text, f'reference.md does not describe {name}'

@@ -7,7 +7,7 @@ connection closes.
 
 The application is ``tests/apps/front_app.py``. It records the path of
 every request the dispatcher queues to a worker pool and returns that list
-from ``GET /sync/accepted``; comparing the list before and after a request
+from ``GET /sync/accepted``. Comparing the list before and after a request
 shows whether that request reached a worker.
 """
 
@@ -388,8 +388,6 @@ def test_chunked_extensions_and_trailers_accepted(port):
     assert echoed['body_sha256'] == hashlib.sha256(b'hello world').hexdigest()
 
 
-@pytest.mark.xfail(strict=True, reason='trailer fields are merged into the request headers: '
-                   'HttpProtocol.on_header also runs for the trailer section')
 def test_chunked_trailers_not_merged_into_headers(port):
     data = (request_bytes('POST', '/api/echo', {'Transfer-Encoding': 'chunked'})
             + b'5\r\nhello\r\n0\r\nX-Forwarded-For: 203.0.113.9\r\nX-Api-Key: good\r\n\r\n')
@@ -423,8 +421,6 @@ def test_http10_keepalive_reuses_connection(port):
             assert response.header('connection').lower() == 'keep-alive'
 
 
-@pytest.mark.xfail(strict=True, reason='the connection stays open (connection: keep-alive): '
-                   'nothing in HttpProtocol checks Transfer-Encoding on an HTTP/1.0 request')
 def test_http10_transfer_encoding_closes_after(port):
     # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has
     # faulty framing, so the server must close the connection after it.
@@ -750,20 +746,9 @@ REJECTED_REQUESTS = [
 ]
 
 # Cases the front gets wrong today, with the cause of each.
-REJECTION_BUGS = {
-    'bare-lf-request-line': 'answered 505: HttpProtocol.data_received maps every parser '
-                            'error whose text contains "version" to 505, and llhttp says '
-                            '"Expected CRLF after version"',
-    'trailing-space-after-version': 'answered 505 for the same reason as a bare LF',
-}
-
-
 def rejected_cases():
     for name, data, status in REJECTED_REQUESTS:
-        marks = ()
-        if name in REJECTION_BUGS:
-            marks = pytest.mark.xfail(strict=True, reason=REJECTION_BUGS[name])
-        yield pytest.param(data, status, id=name, marks=marks)
+        yield pytest.param(data, status, id=name)
 
 
 @pytest.mark.parametrize(('data', 'status'), list(rejected_cases()))
@@ -783,10 +768,6 @@ def test_rejected_request_closes_and_is_not_forwarded(port, data, status):
     assert accepted_paths(port) == before
 
 
-@pytest.mark.xfail(strict=True, reason='the first response goes out with connection: close '
-                   'and the connection closes after it: HttpProtocol.send_response clears '
-                   'keep_alive as soon as close_after is set, although the second request '
-                   'and the 400 are still queued')
 def test_rejection_after_earlier_requests(port):
     before = accepted_paths(port)
     data = (request_bytes('GET', '/api/user/1') + request_bytes('GET', '/api/user/2')
@@ -822,9 +803,6 @@ def test_bytes_after_upgrade_request_not_parsed(port):
     assert accepted_paths(port) == before + ['/api/user/6']
 
 
-@pytest.mark.xfail(strict=True, reason='the field is buffered whole and the connection gets '
-                   '408 at the header timeout: httptools passes a header to on_header only '
-                   'once its line ends, so HttpProtocol counts header bytes too late')
 @pytest.mark.parametrize('line_start', [b'X-Big: ', b'X-Big-Name-'])
 def test_unterminated_header_line_gets_431(port, line_start):
     with RawConnection(port) as conn:
@@ -985,8 +963,6 @@ def close_all(connections: list[RawConnection]) -> None:
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason='the 503 body is 37 bytes but Content-Length says 36: '
-                   'HttpProtocol.connection_made passes a hard-coded length to build_head')
 def test_max_connections_refused(limited_server):
     connections = open_served_connections(limited_server.port, 2)
     try:
@@ -1034,9 +1010,6 @@ def large_body_server():
         yield running
 
 
-@pytest.mark.xfail(strict=True, reason='the dispatcher grows by about 27 times the body size: '
-                   'HttpProtocol.on_body keeps every chunk as its own bytes object in '
-                   'body_parts until the body ends')
 def test_tiny_chunks_memory_bounded(large_body_server):
     chunk_count = 2 * 1024 * 1024
     body_size = 2 * chunk_count
@@ -1283,7 +1256,7 @@ def test_static_traversal_absolute_form(port):
 def certificate(tmp_path_factory) -> tuple[Path, Path]:
     openssl = shutil.which('openssl')
     if openssl is None:
-        pytest.skip('the openssl command is not installed; it makes the test certificate')
+        pytest.skip('the openssl command, which makes the test certificate, is not installed')
     folder = tmp_path_factory.mktemp('tls')
     cert, key = folder / 'cert.pem', folder / 'key.pem'
     subprocess.run(

@@ -54,8 +54,9 @@ FUZZ_ENV = {
     'WG_MAX_URL_LENGTH': '512',
 }
 
-# The longest the server may take to respond or close: its largest timeout,
-# plus the 0.5 s period of its deadline checks, plus margin for a busy machine.
+# The maximum time the server may take to respond or close: its largest
+# timeout, plus the 0.5 s period of its deadline checks, plus margin for a
+# busy machine.
 RESPONSE_TIMEOUT = max(HEADER_TIMEOUT, BODY_TIMEOUT, KEEPALIVE_TIMEOUT) + 0.5 + 2.0
 # After a rejection the server closes at once. This bound is shorter than
 # the keep-alive timeout, so an idle close cannot pass for it.
@@ -116,8 +117,8 @@ known_field = st.sampled_from(KNOWN_FIELDS).map(lambda pair: (encode(pair[0]), e
 def mostly(draw, usual, unusual, weight: int = 4):
     """Draw from ``usual`` ``weight`` times out of ``weight + 1``, else from ``unusual``.
 
-    A plain ``st.one_of`` leans towards the simplest values of each branch,
-    so the weights are drawn explicitly.
+    Repeating a strategy inside ``st.one_of`` did not raise its share in a
+    trial with Hypothesis 6.170, so the weights are drawn here explicitly.
     """
     if draw(st.sampled_from([True] * weight + [False])):
         return draw(usual)
@@ -170,7 +171,8 @@ def structured_request(draw) -> bytes:
     target = mostly(draw, st.sampled_from(TARGETS).map(encode),
                     st.binary(min_size=1, max_size=20), 8)
     version = mostly(draw, st.just(b'HTTP/1.1'), st.sampled_from(VERSIONS).map(encode), 8)
-    fields = [(b'Host', b'test')] if draw(st.booleans()) else []
+    # HTTP/1.1 without Host is rejected (RFC 9112), so most examples carry one.
+    fields = [(b'Host', b'test')] if draw(st.integers(0, 9)) else []
     fields += draw(st.lists(header_field(), max_size=5))
     framing, body = draw(framed_body())
     fields += framing
@@ -231,7 +233,7 @@ def fuzz_server():
 
 
 def source_address(number: int) -> str:
-    """Return a loopback address of its own for example ``number`` (0 to 62999).
+    """Return a loopback address of its own for example ``number`` (0 to 63999).
 
     Linux may give a new connection the port of a loopback connection still
     in TIME_WAIT, so a client port alone does not tell two examples apart.

@@ -14,5 +14,4 @@ def make():
         status_path='/_status',
         metrics_path='/_metrics',
         trusted_proxies=['127.0.0.1', '::1'],
-        shutdown_timeout=20,
     )

@@ -18,8 +18,9 @@ class FragileWorker(_workers.Worker):
         time.sleep(request.path_params['seconds'])
         return {'slept': request.path_params['seconds']}
 
-    @_workers.api('/api/crash', 'GET')
+    @_workers.api('/api/crash/{after:float}', 'GET')
     def crash(self, request):
+        time.sleep(request.path_params['after'])
         os._exit(1)
 
     @_workers.api('/api/spin', 'GET')

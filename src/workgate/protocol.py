@@ -295,8 +295,10 @@ class HttpProtocol(asyncio.Protocol):
         self.url = b''
         self.header_bytes = 0
         self.header_count = 0
-        self.body_parts: list[bytes] = []
+        self.body: bytes | bytearray = b''
         self.body_size = 0
+        self.headers_done = False
+        self.open_line = 0
         self.deadline = 0.0
         self.deadline_status = 0
         self.reading_paused = False
@@ -321,8 +323,9 @@ class HttpProtocol(asyncio.Protocol):
         dispatcher = self.dispatcher
         if len(dispatcher._connections) >= self.settings.max_connections:
             dispatcher._count_rejected_connection()
+            body = error_body('Too many open connections')
             transport.write(build_head(503, b'1.1', None, None, 'application/json',
-                                       36, False) + error_body('Too many open connections'))
+                                       len(body), False) + body)
             transport.close()
             self.closed = True
             return
@@ -368,11 +371,27 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserInvalidMethodError as err:
             self.fail(400, 'Invalid request method', cause=err)
         except httptools.HttpParserError as err:
-            text = str(err)
-            if 'version' in text.lower():
+            if 'invalid http version' in str(err).lower():
                 self.fail(505, 'HTTP version not supported', cause=err)
             else:
                 self.fail(400, 'Invalid request', cause=err)
+            return
+        if self.parsing is not None and not self.headers_done:
+            self.bound_open_line(data)
+
+    def bound_open_line(self, data: bytes) -> None:
+        """Limit a header line that has not ended yet.
+
+        httptools reports a header only once its line ends and buffers it
+        until then, so the length of the unfinished line is counted here.
+        """
+        newline = data.rfind(b'\n')
+        if newline < 0:
+            self.open_line += len(data)
+        else:
+            self.open_line = len(data) - newline - 1
+        if self.open_line > self.settings.max_header_size:
+            self.fail(431, 'Request header fields too large')
 
     # -- parser callbacks -------------------------------------------------
 
@@ -382,8 +401,9 @@ class HttpProtocol(asyncio.Protocol):
         self.url = b''
         self.header_bytes = 0
         self.header_count = 0
-        self.body_parts = []
+        self.body = b''
         self.body_size = 0
+        self.headers_done = False
         client.started = time.monotonic()
         self.set_deadline(self.settings.header_timeout, 408)
 
@@ -394,6 +414,8 @@ class HttpProtocol(asyncio.Protocol):
             raise ValueError('url too long')
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.headers_done:
+            return  # a trailer field: never merged into the request headers
         self.header_count += 1
         self.header_bytes += len(name) + len(value) + 4
         settings = self.settings
@@ -426,6 +448,9 @@ class HttpProtocol(asyncio.Protocol):
             raise ValueError('target')
         headers = client.headers
         settings = self.settings
+        if 'host' not in headers and client.http_version == b'1.1':
+            client.error = (400, 'Missing Host header')
+            raise ValueError('no host')
         length = headers.get('content-length')
         if length is not None and length.isdigit() and int(length) > settings.max_content_length:
             client.error = (413, 'Request body too large')
@@ -442,8 +467,15 @@ class HttpProtocol(asyncio.Protocol):
                 client.expect_continue = False
         if client.method == 'HEAD':
             client.head_only = True
+        self.headers_done = True
+        self.open_line = 0
+        if client.http_version == b'1.0' and 'transfer-encoding' in headers:
+            client.keep_alive = False  # RFC 9112 section 6.1: framing is unreliable
         if length is not None or 'transfer-encoding' in headers:
             self.set_deadline(settings.body_timeout, 408)
+            if length is not None and length.isdigit() and int(length) > 0:
+                # One buffer of the announced size: the body is copied once.
+                self.body = bytearray(int(length))
 
     def split_target(self, client: ClientConnection) -> None:
         url = self.url
@@ -474,19 +506,30 @@ class HttpProtocol(asyncio.Protocol):
             client.query_string = query.decode('latin-1')
 
     def on_body(self, body: bytes) -> None:
-        self.body_size += len(body)
-        if self.body_size > self.settings.max_content_length:
+        start = self.body_size
+        self.body_size = end = start + len(body)
+        if end > self.settings.max_content_length:
             self.parsing.error = (413, 'Request body too large')
             raise ValueError('body too large')
-        self.body_parts.append(body)
+        buffer = self.body
+        if buffer.__class__ is bytearray and end <= len(buffer):
+            buffer[start:end] = body
+        elif not start:
+            self.body = body
+        else:
+            if buffer.__class__ is not bytearray:
+                self.body = buffer = bytearray(buffer)
+            buffer += body
 
     def on_message_complete(self) -> None:
         client = self.parsing
         self.parsing = None
-        parts = self.body_parts
-        if parts:
-            client.body = parts[0] if len(parts) == 1 else b''.join(parts)
-            self.body_parts = []
+        if self.body_size:
+            body = self.body
+            if body.__class__ is bytearray and len(body) != self.body_size:
+                del body[self.body_size:]
+            client.body = body
+        self.body = b''
         self.queue.append(client)
         if self.active is None:
             self.next_request()
@@ -573,7 +616,7 @@ class HttpProtocol(asyncio.Protocol):
                       cookies: Any, body: bytes, content_type: str | None) -> bool:
         if client.responded or client.streaming or self.closed:
             return False
-        keep_alive = client.keep_alive and not self.close_after
+        keep_alive = client.keep_alive and not (self.close_after and not self.queue)
         length = len(body) if body.__class__ is bytes else memoryview(body).nbytes
         head = build_head(status, client.http_version, headers, cookies, content_type,
                           length, keep_alive)
@@ -602,7 +645,7 @@ class HttpProtocol(asyncio.Protocol):
             if result.file is not None:
                 result.file.close()
             return False
-        keep_alive = client.keep_alive and not self.close_after
+        keep_alive = client.keep_alive and not (self.close_after and not self.queue)
         head = build_head(result.status, client.http_version, result.headers, None,
                           None, None, keep_alive, own_length=True)
         client.responded = True
@@ -653,7 +696,7 @@ class HttpProtocol(asyncio.Protocol):
         if client.responded or client.streaming or self.closed:
             return False
         chunked = client.http_version == b'1.1'
-        keep_alive = chunked and client.keep_alive and not self.close_after
+        keep_alive = chunked and client.keep_alive and not (self.close_after and not self.queue)
         extra = dict(headers) if headers else {}
         if not any(k.lower() == 'cache-control' for k in extra):
             extra['Cache-Control'] = 'no-cache'
