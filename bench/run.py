@@ -154,7 +154,8 @@ def _parse_only(parser: argparse.ArgumentParser, text: str) -> list[str]:
                 f"unknown workload {item!r} in --only; expected one of "
                 f"{', '.join(WORKLOAD_KEYS)} or workload1..workload4"
             )
-    return keys or list(WORKLOAD_KEYS)
+    # Run order is fixed, whatever the order on the command line.
+    return [key for key in WORKLOAD_KEYS if key in keys] if keys else list(WORKLOAD_KEYS)
 
 
 # First stage: tools and virtual environment.

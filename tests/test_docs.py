@@ -50,7 +50,7 @@ DOCS = REPO / 'docs'
 EXAMPLES = DOCS / 'examples'
 PAGES = sorted(DOCS.glob('*.md'))
 
-# The address every page uses; sessions send its requests to the test server.
+# The address every page uses. Sessions send its requests to the test server instead.
 DOCS_ORIGIN = 'localhost:8080'
 REQUEST_TIMEOUT = 15.0
 # A background request gets this long to reach the server before the next
@@ -276,6 +276,8 @@ def run_curl(command: CurlCommand, port: int) -> str:
 
 @dataclass
 class Step:
+    """One command of a session and the lines the page shows below it."""
+
     command: str
     expected: list[str]
     line: int
@@ -304,6 +306,7 @@ def parse_session(block: Block) -> list[Step]:
 
 
 def lines_match(expected: list[str], actual: list[str]) -> bool:
+    """Compare output lines exactly, except the values of volatile header lines."""
     if len(expected) != len(actual):
         return False
     for want, got in zip(expected, actual, strict=True):
@@ -337,7 +340,7 @@ class SessionRunner:
             for thread, result in self.background:
                 thread.join(REQUEST_TIMEOUT + 5)
                 assert not thread.is_alive(), 'a background request did not finish'
-                if isinstance(result[0], BaseException):
+                if isinstance(result[0], Exception):
                     raise result[0]
                 outputs.append(result[0].rstrip('\n'))
             self.background.clear()
@@ -354,7 +357,7 @@ class SessionRunner:
             def request() -> None:
                 try:
                     result[0] = run_curl(command, self.port)
-                except BaseException as err:  # handed to the main thread at `wait`
+                except Exception as err:  # raised in the main thread at `wait`
                     result[0] = err
 
             thread = threading.Thread(target=request, daemon=True)
@@ -367,8 +370,12 @@ class SessionRunner:
 
 def expected_workers(server: Server) -> int:
     """Sum the pool sizes the dispatcher logged before it started listening."""
-    return sum(int(match.group(1)) for line in server.lines
-               for match in [_POOL_LINE_RE.search(line)] if match)
+    total = 0
+    for line in server.lines:
+        match = _POOL_LINE_RE.search(line)
+        if match:
+            total += int(match.group(1))
+    return total
 
 
 # Apps with pools whose workers never become ready, by design of the page.
@@ -387,7 +394,7 @@ def extra_check(target: str):
 # -- the tests ------------------------------------------------------------------
 
 def test_example_blocks_match_files():
-    shown = set()
+    shown_files = set()
     for block in ALL_BLOCKS:
         if block.language != 'python':
             continue
@@ -400,10 +407,10 @@ def test_example_blocks_match_files():
         assert path.is_file(), f'{block.where}: {marker.group(1)} does not exist'
         assert block.text == path.read_text(), (
             f'{block.where}: the block differs from {marker.group(1)}; copy the file again')
-        shown.add(path)
-    unshown = sorted(str(path.relative_to(REPO)) for path in EXAMPLES.glob('*.py')
-                     if path.name != '__init__.py' and path not in shown)
-    assert not unshown, f'example files no page shows: {unshown}'
+        shown_files.add(path)
+    not_shown = sorted(str(path.relative_to(REPO)) for path in EXAMPLES.glob('*.py')
+                       if path.name != '__init__.py' and path not in shown_files)
+    assert not not_shown, f'example files that no page shows: {not_shown}'
 
 
 def test_relative_links_resolve():
@@ -415,6 +422,19 @@ def test_relative_links_resolve():
                 continue
             assert (page.parent / target).exists(), (
                 f'{page.relative_to(REPO)} links to {target}, which does not exist')
+
+
+def test_check_markers_are_well_formed():
+    for page in PAGES:
+        lines = page.read_text().split('\n')
+        for number, line in enumerate(lines, 1):
+            if '<!-- check' not in line:
+                continue
+            where = f'{page.relative_to(REPO)}:{number}'
+            assert _CHECK_RE.match(line), \
+                f'{where}: invalid marker; write it as <!-- check: MODULE:ATTRIBUTE -->'
+            following = lines[number] if number < len(lines) else ''
+            assert following == '```console', f'{where}: a ```console fence must follow the marker'
 
 
 def test_every_session_names_an_example():
@@ -570,11 +590,11 @@ def test_tls_example(tmp_path):
     if openssl is None:
         pytest.skip('the openssl command is not installed; it makes the test certificate')
     text = page_text('operations.md')
-    for shown in ('-keyout key.pem -out cert.pem -days 30 -subj /CN=localhost',
+    for excerpt in ('-keyout key.pem -out cert.pem -days 30 -subj /CN=localhost',
                   '--certfile cert.pem --keyfile key.pem',
                   "$ curl -s --cacert cert.pem -H 'X-Forwarded-For: 203.0.113.7' "
                   'https://localhost:8443/api/client\n{"remote_address":"203.0.113.7"}'):
-        assert shown in text, f'operations.md no longer shows {shown!r}'
+        assert excerpt in text, f'operations.md no longer shows {excerpt!r}'
     subprocess.run(
         [openssl, 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
          '-nodes', '-keyout', 'key.pem', '-out', 'cert.pem', '-days', '30',
@@ -610,8 +630,8 @@ def ipv6_loopback_available() -> bool:
 @pytest.mark.skipif(not ipv6_loopback_available(),
                     reason='this machine has no IPv6 loopback address')
 def test_ipv6_example():
-    shown = "$ curl -s 'http://[::1]:8080/api/client'\n{\"remote_address\":\"[::1]:52918\"}"
-    assert shown in page_text('operations.md')
+    excerpt = "$ curl -s 'http://[::1]:8080/api/client'\n{\"remote_address\":\"[::1]:52918\"}"
+    assert excerpt in page_text('operations.md')
     with Server('docs.examples.operations:make', host='::') as server:
         connection = http.client.HTTPConnection('::1', server.port, timeout=REQUEST_TIMEOUT)
         try:
@@ -687,11 +707,12 @@ def test_reference_defaults_match_code(code_defaults, section, key):
     rows = table_defaults(page_text('reference.md'), section)
     for name, value in code_defaults[key].items():
         assert name in rows, f'reference.md, {section.strip()}: no row for {name}'
-        shown = rendered(value)
+        expected_cell = rendered(value)
         if name == 'log_level':
-            shown = f"`LOG_{code_defaults['levels'][value]}`"
-        assert rows[name].startswith(shown), (
-            f'reference.md, {section.strip()}: {name} shows {rows[name]!r}, the code has {value}')
+            expected_cell = f"`LOG_{code_defaults['levels'][value]}`"
+        cell = rows[name]
+        assert cell == expected_cell or cell.startswith(expected_cell + ' '), (
+            f'reference.md, {section.strip()}: {name} shows {cell!r}, the code has {value}')
 
 
 def test_reference_lists_aliases_and_options(code_defaults):

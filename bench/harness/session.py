@@ -25,7 +25,7 @@ from harness.workloads import (
     Calibration,
     CaseResult,
     Settings,
-    build_workloads,
+    build_workload,
     calibrate,
     run_case,
 )
@@ -64,6 +64,7 @@ class ServerChoice:
 class Outcome:
     """Everything measured so far, also after an early stop."""
 
+    calibration: Calibration | None = None
     rows: list[Row] = field(default_factory=list)
     workloads: list[dict] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -145,18 +146,39 @@ def _run_one(key, workload, choice, settings, cpu_loops) -> CaseResult:
     return run_case(workload, spec, settings, cpu_loops)
 
 
+def _calibrate(args: argparse.Namespace) -> Calibration:
+    wait_until_idle(DISTURBED_CORES, args.idle_wait)
+    calibration = calibrate(args.cpu_ms)
+    print(
+        f"CPU calibration: {calibration.loops} loops take "
+        f"{calibration.per_call_ms_before:.2f} ms of CPU per call"
+    )
+    return calibration
+
+
+def _time_again(calibration: Calibration) -> None:
+    calibration.time_again()
+    print(
+        f"CPU time per call after the workload: {calibration.per_call_ms_after:.2f} ms; "
+        f"cores' limit from the mean: {calibration.core_limit_rps:,.0f} req/s"
+    )
+
+
 def run_workloads(
     args: argparse.Namespace,
     choice: ServerChoice,
     settings: Settings,
-    calibration: Calibration | None,
     outcome: Outcome,
 ) -> None:
     """Measure every selected case, adding rows and figures to `outcome`."""
-    cpu_loops = calibration.loops if calibration else 0
-    workloads = [w for w in build_workloads(cpu_loops) if w.key in args.only_keys]
+    for key in args.only_keys:
+        # Calibrate just before the CPU workload, so that the cores' limit
+        # reflects the machine's speed while that workload runs.
+        if key == "cpu":
+            outcome.calibration = _calibrate(args)
+        cpu_loops = outcome.calibration.loops if outcome.calibration else 0
+        workload = build_workload(key, cpu_loops)
 
-    for workload in workloads:
         print(f"\nworkload {workload.number} ({workload.key}): {workload.title}")
         cases = []
         for key in workload.servers:
@@ -178,7 +200,9 @@ def run_workloads(
                 print("failed")
                 outcome.failures.append(f"{workload.key} / {case.label}: {case.error}")
 
-        rows, ratios = compare(workload, cases, calibration)
+        if key == "cpu":
+            _time_again(outcome.calibration)
+        rows, ratios = compare(workload, cases, outcome.calibration)
         outcome.rows += rows
         outcome.workloads.append(
             {
@@ -196,6 +220,8 @@ def _calibration_dict(calibration: Calibration | None) -> dict | None:
         return None
     return {
         "loops": calibration.loops,
+        "per_call_ms_before": calibration.per_call_ms_before,
+        "per_call_ms_after": calibration.per_call_ms_after,
         "per_call_ms": calibration.per_call_ms,
         "cores": calibration.cores,
         "core_limit_rps": calibration.core_limit_rps,
@@ -232,18 +258,9 @@ def measure(args: argparse.Namespace, log_dir: Path) -> int:
         log_dir=log_dir,
     )
 
-    calibration = None
     outcome = Outcome()
     try:
-        if "cpu" in args.only_keys:
-            wait_until_idle(DISTURBED_CORES, args.idle_wait)
-            calibration = calibrate(args.cpu_ms)
-            print(
-                f"CPU calibration: {calibration.loops} loops take "
-                f"{calibration.per_call_ms:.2f} ms per call; cores' limit "
-                f"{calibration.core_limit_rps:,.0f} req/s"
-            )
-        run_workloads(args, choice, settings, calibration, outcome)
+        run_workloads(args, choice, settings, outcome)
     except TimeLimitReached:
         outcome.incomplete = f"time limit of {args.time_limit:g} s reached"
     except KeyboardInterrupt:
@@ -276,7 +293,7 @@ def measure(args: argparse.Namespace, log_dir: Path) -> int:
         "workgate_import_error": choice.workgate_error,
         "stand_in": choice.stand_in,
         "skipped": choice.skipped,
-        "cpu_calibration": _calibration_dict(calibration),
+        "cpu_calibration": _calibration_dict(outcome.calibration),
         "incomplete": outcome.incomplete,
         "workloads": outcome.workloads,
         "table": table,

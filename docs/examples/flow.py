@@ -98,7 +98,7 @@ class FlowApp(_workers.Dispatcher):
         client.respond({'refresh': 'started'}, status=202)
 
     def fetch_token(self, number):
-        time.sleep(0.2)  # stands for a slow call to an identity provider
+        time.sleep(0.2)  # a real service would call its identity provider here
         self.token_write.send(f'token-{number}'.encode())
 
     def on_token(self, sock):

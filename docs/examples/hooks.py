@@ -13,7 +13,7 @@ class JobWorker(_workers.Worker):
 
     @_workers.api('/api/jobs/slow', 'GET')
     def slow(self, request):
-        time.sleep(2)
+        time.sleep(1.2)
         return {'done': True}
 
     @_workers.api('/api/jobs/crash', 'GET')
@@ -43,9 +43,6 @@ class HooksApp(_workers.Dispatcher):
         self.lost = []
         self.idle_calls = 0
 
-    def on_request_accepted(self, request_id, client, pool):
-        return {'accepted_at': time.time()}
-
     def on_response(self, response, pending):
         self.answered[response.status] += 1
 
@@ -54,8 +51,8 @@ class HooksApp(_workers.Dispatcher):
 
     def on_worker_died(self, pool, worker_id, reason, exitcode, victims):
         for request_id, pending in victims:
-            self.lost.append({'path': pending.client.path, 'reason': reason,
-                              'exitcode': exitcode})
+            self.lost.append({'request_id': request_id, 'path': pending.client.path,
+                              'reason': reason, 'exitcode': exitcode})
         super().on_worker_died(pool, worker_id, reason, exitcode, victims)
 
     def on_idle(self):

@@ -98,7 +98,9 @@ class Settings:
         'keep_alive_timeout': 'keepalive_timeout',
         'request_timeout': 'header_timeout',
     }
-    IGNORED = frozenset({'keep_alive_max_requests', 'max_waiting_clients', 'event_mode'})
+    IGNORED = frozenset({'keep_alive_max_requests', 'max_waiting_clients', 'event_mode',
+                         'listen', 'file_chunk_size', 'max_send_buffer_size',
+                         'max_ws_message_length'})
 
     def __init__(self, **values: Any):
         for name, default in self.DEFAULTS.items():

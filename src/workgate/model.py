@@ -54,7 +54,7 @@ def encode_body(data: Any) -> tuple[bytes | memoryview, str | None]:
         return b'', None
     cls = data.__class__
     if cls is dict or cls is list:
-        return json.dumps(data, separators=(',', ':')).encode(), JSON_TYPE
+        return json.dumps(data, separators=(',', ':'), default=_json_default).encode(), JSON_TYPE
     if cls is str:
         return data.encode(), TEXT_TYPE
     if cls is bytes or cls is bytearray or cls is memoryview:
@@ -119,7 +119,10 @@ def format_cookie(name: str, value: Any) -> str:
 
     An options dict has ``value`` plus any of ``path``, ``domain``,
     ``max_age``, ``expires``, ``secure``, ``httponly`` and ``samesite``.
+    None deletes the cookie (``Max-Age=0``).
     """
+    if value is None:
+        return f'{name}=; Max-Age=0'  # None deletes the cookie
     if isinstance(value, dict):
         options = dict(value)
         text = f'{name}={options.pop("value", "")}'

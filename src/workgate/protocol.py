@@ -46,6 +46,8 @@ _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 
 _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
+# Statuses whose responses never have a body (RFC 9110 sections 15.2, 15.3.5, 15.4.5).
+_NO_BODY_STATUSES = frozenset((100, 101, 102, 103, 204, 304))
 _ILLEGAL_VALUE = str.maketrans('', '', '\r\n\x00')
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789"
                          'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ')
@@ -121,7 +123,7 @@ def build_head(status: int, version: bytes, headers: Any, cookies: Any,
         parts.append(b'content-type: ' + content_type.encode('latin-1') + b'\r\n')
     if chunked:
         parts.append(b'transfer-encoding: chunked\r\n')
-    elif length is not None:
+    elif length is not None and status not in _NO_BODY_STATUSES:
         parts.append(b'content-length: %d\r\n' % length)
     parts.append(_DateCache.get())
     if not keep_alive:
@@ -130,6 +132,13 @@ def build_head(status: int, version: bytes, headers: Any, cookies: Any,
         parts.append(b'connection: keep-alive\r\n')
     parts.append(b'\r\n')
     return b''.join(parts)
+
+
+def _asks_close(headers: Any) -> bool:
+    """True when the application set ``Connection: close`` on its response."""
+    items = headers.items() if hasattr(headers, 'items') else headers
+    return any(str(name).lower() == 'connection' and str(value).strip().lower() == 'close'
+               for name, value in items)
 
 
 def error_body(message: str) -> bytes:
@@ -617,7 +626,11 @@ class HttpProtocol(asyncio.Protocol):
         if client.responded or client.streaming or self.closed:
             return False
         keep_alive = client.keep_alive and not (self.close_after and not self.queue)
+        if headers and keep_alive and _asks_close(headers):
+            keep_alive = False
         length = len(body) if body.__class__ is bytes else memoryview(body).nbytes
+        if status in _NO_BODY_STATUSES:
+            length = 0
         head = build_head(status, client.http_version, headers, cookies, content_type,
                           length, keep_alive)
         client.responded = True

@@ -10,9 +10,8 @@ Rules this module keeps:
 - Deferred and streaming requests may stay open in any number; their
   answers and stream frames go out whenever the worker sends them.
 - The loop multiplexes the dispatcher socket, the user's registered file
-  descriptors, a wake-up pipe for signals, and the heartbeat timer, with
-  ``selectors``. When idle for ``heartbeat_interval`` it sends a heartbeat
-  and calls ``on_idle()``.
+  descriptors and the heartbeat timer, with ``selectors``. When idle for
+  ``heartbeat_interval`` it sends a heartbeat and calls ``on_idle()``.
 - EOF on the dispatcher socket means the dispatcher is gone: the loop ends,
   ``teardown()`` runs and the process exits.
 """
@@ -379,12 +378,11 @@ class Worker:
         except Exception:  # user hooks never stop the worker loop
             self.log.error('%s failed:\n%s', hook.__name__, traceback.format_exc())
 
-    def _serve(self, sock: socket.socket, wakeup: socket.socket) -> None:
+    def _serve(self, sock: socket.socket) -> None:
         decoder = messages.FrameDecoder()
         selector = selectors.DefaultSelector()
         self._selector = selector
         selector.register(sock, selectors.EVENT_READ, sock)
-        selector.register(wakeup, selectors.EVENT_READ, wakeup)
         for fd in set(self._readers) | set(self._writers):
             self._sync_selector(fd)
         channel = self._channel
@@ -419,12 +417,6 @@ class Worker:
                     finally:
                         channel.batching = False
                         channel.flush()
-                elif target is wakeup:
-                    try:
-                        wakeup.recv(64)
-                    except OSError:
-                        pass
-                    self._running = False
                 else:
                     if mask & selectors.EVENT_WRITE and target in self._writers:
                         self._call_hook(self._writers[target], target)
@@ -484,12 +476,11 @@ def worker_main(worker_class: type[Worker], worker_id: int, pool_name: str,
     except OSError:
         pass
     _set_parent_death_signal()
+    # The dispatcher stops workers with a STOP frame after draining them. A
+    # SIGTERM sent to the whole group (systemd's default KillMode) must not
+    # end a worker that still holds requests; SIGKILL still works.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    wakeup_read, wakeup_write = socket.socketpair()
-    wakeup_read.setblocking(False)
-    wakeup_write.setblocking(False)
-    signal.set_wakeup_fd(wakeup_write.fileno(), warn_on_full_buffer=False)
-    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     sock.setblocking(True)
     channel = _Channel(sock)
@@ -517,7 +508,7 @@ def worker_main(worker_class: type[Worker], worker_id: int, pool_name: str,
 
     channel.send((messages.HELLO, os.getpid()))
     try:
-        worker._serve(sock, wakeup_read)
+        worker._serve(sock)
     finally:
         try:
             worker.teardown()
