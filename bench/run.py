@@ -32,7 +32,7 @@ INSTALL_STAMP = VENV_DIR / ".bench-installed"
 RESULTS_DIR = BENCH_DIR / "results"
 
 # uhttp-workers 1.8.1 fails on uhttp-server 3.2.0 (its dispatcher loop reads
-# HttpServer.read_sockets, which 3.x no longer has), so pin the 2.x series.
+# HttpServer.read_sockets, which 3.2.0 no longer has), so pin the 2.x series.
 ANCHOR_REQUIREMENTS = [
     "uhttp-workers==1.8.1",
     "uhttp-server<3",
@@ -42,10 +42,16 @@ ANCHOR_REQUIREMENTS = [
     "gunicorn",
 ]
 WORKLOAD_KEYS = ("hello", "upload", "cpu", "latency")
+SERVER_KEYS = ("workgate", "uhttp-workers", "uvicorn", "gunicorn", "nginx")
 INSTALL_TIMEOUT = 900
 
 
 def _env_default(name: str, default: str) -> str:
+    """Return BENCH_`name` from the environment, or `default`.
+
+    argparse converts a string default with the option's `type`, so an
+    invalid value in the environment is reported like one on the command line.
+    """
     return os.environ.get(f"BENCH_{name}", default)
 
 
@@ -57,19 +63,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--duration",
         type=int,
-        default=int(_env_default("DURATION", "10")),
+        default=_env_default("DURATION", "10"),
         help="seconds of each measured wrk run (default 10, env BENCH_DURATION)",
     )
     parser.add_argument(
         "--warmup",
         type=int,
-        default=int(_env_default("WARMUP", "2")),
+        default=_env_default("WARMUP", "2"),
         help="seconds of unmeasured load before the runs (default 2, env BENCH_WARMUP)",
     )
     parser.add_argument(
         "--repeats",
         type=int,
-        default=int(_env_default("REPEATS", "3")),
+        default=_env_default("REPEATS", "3"),
         help="measured runs per case; the table shows their median (default 3, env BENCH_REPEATS)",
     )
     parser.add_argument(
@@ -94,34 +100,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--cpu-ms",
         type=float,
-        default=float(_env_default("CPU_MS", "5")),
-        help="target milliseconds of one CPU-bound handler call (default 5, env BENCH_CPU_MS)",
+        default=_env_default("CPU_MS", "5"),
+        help="target milliseconds of CPU time of one CPU-bound handler call "
+        "(default 5, env BENCH_CPU_MS)",
     )
     parser.add_argument(
         "--startup-timeout",
         type=float,
-        default=float(_env_default("STARTUP_TIMEOUT", "30")),
+        default=_env_default("STARTUP_TIMEOUT", "30"),
         help="seconds a server may take to return 200 for GET /hello after its start "
         "(default 30, env BENCH_STARTUP_TIMEOUT)",
     )
     parser.add_argument(
         "--idle-wait",
         type=float,
-        default=float(_env_default("IDLE_WAIT", "15")),
+        default=_env_default("IDLE_WAIT", "15"),
         help="seconds to wait before each case for other programs to use less "
         "than a quarter of a core (default 15, 0 does not wait; env BENCH_IDLE_WAIT)",
     )
     parser.add_argument(
         "--time-limit",
         type=float,
-        default=float(_env_default("TIME_LIMIT", "1800")),
+        default=_env_default("TIME_LIMIT", "1800"),
         help="seconds the whole command may take, installation included; "
         "servers are stopped when it runs out (default 1800, env BENCH_TIME_LIMIT)",
     )
     parser.add_argument(
         "--output",
         type=Path,
-        default=Path(_env_default("OUTPUT", str(RESULTS_DIR / "latest.json"))),
+        default=_env_default("OUTPUT", str(RESULTS_DIR / "latest.json")),
         help="JSON results file (default bench/results/latest.json, env BENCH_OUTPUT)",
     )
     # Set by the first stage for the second: the wall-clock time (Unix
@@ -132,8 +139,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     # wrk takes whole seconds only.
     if args.duration < 1 or args.warmup < 0 or args.repeats < 1:
         parser.error("--duration and --repeats must be at least 1, --warmup at least 0")
+    if args.time_limit <= 0:
+        parser.error(f"--time-limit must be positive, got {args.time_limit:g}")
     args.only_keys = _parse_only(parser, args.only)
     args.server_keys = _parse_list(args.servers)
+    for key in args.server_keys:
+        if key not in SERVER_KEYS:
+            parser.error(
+                f"unknown server {key!r} in --servers; expected one of {', '.join(SERVER_KEYS)}"
+            )
     return args
 
 

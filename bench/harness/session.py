@@ -25,6 +25,7 @@ from harness.workloads import (
     Calibration,
     CaseResult,
     Settings,
+    Workload,
     build_workload,
     calibrate,
     run_case,
@@ -106,6 +107,11 @@ def versions() -> dict:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             found[package] = None
+    # The editable install runs the working tree, so record its commit and
+    # whether it had uncommitted changes.
+    found["workgate_tree"] = _tool_version(
+        ["git", "-C", str(servers.BENCH_DIR.parent), "describe", "--always", "--dirty"]
+    )
     found["wrk"] = _tool_version(["wrk", "-v"])
     found["nginx"] = _tool_version(["nginx", "-v"]) if shutil.which("nginx") else None
     return found
@@ -134,7 +140,9 @@ def choose_servers(stand_in: bool) -> ServerChoice:
     return choice
 
 
-def _run_one(key, workload, choice, settings, cpu_loops) -> CaseResult:
+def _run_one(
+    key: str, workload: Workload, choice: ServerChoice, settings: Settings, cpu_loops: int
+) -> CaseResult:
     spec = choice.specs[key]
     if key == "workgate" and choice.workgate_error and not choice.stand_in:
         return CaseResult(
@@ -164,6 +172,37 @@ def _time_again(calibration: Calibration) -> None:
     )
 
 
+def _run_servers(
+    workload: Workload,
+    args: argparse.Namespace,
+    choice: ServerChoice,
+    settings: Settings,
+    outcome: Outcome,
+) -> list[CaseResult]:
+    """Measure `workload` against each selected server, in the workload's order."""
+    cpu_loops = outcome.calibration.loops if outcome.calibration else 0
+    cases = []
+    for server_key in workload.servers:
+        if args.server_keys and server_key not in args.server_keys:
+            continue
+        if server_key in choice.skipped:
+            continue
+
+        print(f"  {choice.specs[server_key].label} ...", end=" ", flush=True)
+        case = _run_one(server_key, workload, choice, settings, cpu_loops)
+        cases.append(case)
+        if case.ok:
+            other = max(case.other_cores, default=0.0)
+            print(
+                f"{case.median('requests_per_sec'):,.0f} req/s "
+                f"(other programs used up to {other:.2f} cores)"
+            )
+        else:
+            print("failed")
+            outcome.failures.append(f"{workload.key} / {case.label}: {case.error}")
+    return cases
+
+
 def run_workloads(
     args: argparse.Namespace,
     choice: ServerChoice,
@@ -171,37 +210,20 @@ def run_workloads(
     outcome: Outcome,
 ) -> None:
     """Measure every selected case, adding rows and figures to `outcome`."""
-    for key in args.only_keys:
-        # Calibrate just before the CPU workload, so that the cores' limit
-        # reflects the machine's speed while that workload runs.
-        if key == "cpu":
+    for workload_key in args.only_keys:
+        # Calibrate just before the CPU workload and time the calls again
+        # after it, so that the cores' limit reflects the machine's speed
+        # while that workload runs.
+        if workload_key == "cpu":
             outcome.calibration = _calibrate(args)
         cpu_loops = outcome.calibration.loops if outcome.calibration else 0
-        workload = build_workload(key, cpu_loops)
+        workload = build_workload(workload_key, cpu_loops)
 
         print(f"\nworkload {workload.number} ({workload.key}): {workload.title}")
-        cases = []
-        for key in workload.servers:
-            if args.server_keys and key not in args.server_keys:
-                continue
-            if key in choice.skipped:
-                continue
-
-            print(f"  {choice.specs[key].label} ...", end=" ", flush=True)
-            case = _run_one(key, workload, choice, settings, cpu_loops)
-            cases.append(case)
-            if case.ok:
-                other = max(case.other_cores, default=0.0)
-                print(
-                    f"{case.median('requests_per_sec'):,.0f} req/s "
-                    f"(other programs used up to {other:.2f} cores)"
-                )
-            else:
-                print("failed")
-                outcome.failures.append(f"{workload.key} / {case.label}: {case.error}")
-
-        if key == "cpu":
+        cases = _run_servers(workload, args, choice, settings, outcome)
+        if workload_key == "cpu":
             _time_again(outcome.calibration)
+
         rows, ratios = compare(workload, cases, outcome.calibration)
         outcome.rows += rows
         outcome.workloads.append(
