@@ -48,13 +48,24 @@ class RejectRequest(ApiException):
         self.status = status
 
 
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    raise TypeError(f'{type(value).__name__} is not JSON serializable')
+
+
+# One reusable encoder: json.dumps() builds a new one per call when given
+# separators, which costs more than encoding a small answer.
+_encode_json = json.JSONEncoder(separators=(',', ':'), default=_json_default).encode
+
+
 def encode_body(data: Any) -> tuple[bytes | memoryview, str | None]:
     """Return (body, default content type) for a response ``data`` value."""
     if data is None:
         return b'', None
     cls = data.__class__
     if cls is dict or cls is list:
-        return json.dumps(data, separators=(',', ':'), default=_json_default).encode(), JSON_TYPE
+        return _encode_json(data).encode(), JSON_TYPE
     if cls is str:
         return data.encode(), TEXT_TYPE
     if cls is bytes or cls is bytearray or cls is memoryview:
@@ -63,13 +74,7 @@ def encode_body(data: Any) -> tuple[bytes | memoryview, str | None]:
         return str(data).encode(), TEXT_TYPE
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data), OCTET_TYPE
-    return json.dumps(data, separators=(',', ':'), default=_json_default).encode(), JSON_TYPE
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (set, frozenset)):
-        return list(value)
-    raise TypeError(f'{type(value).__name__} is not JSON serializable')
+    return _encode_json(data).encode(), JSON_TYPE
 
 
 def _media_type(content_type: str | None) -> str:
@@ -267,7 +272,7 @@ class Request:
 
     def send_ndjson(self, obj: Any) -> None:
         """Send one JSON value as a line of an NDJSON stream."""
-        line = json.dumps(obj, separators=(',', ':'), default=_json_default) + '\n'
+        line = _encode_json(obj) + '\n'
         self._require_channel().stream_data(self.request_id, line.encode())
 
     def response_stream_end(self) -> None:
@@ -303,7 +308,7 @@ def format_event(data: Any = None, event: str | None = None,
         if isinstance(data, bytes):
             data = data.decode('utf-8', errors='replace')
         if not isinstance(data, str):
-            data = json.dumps(data, separators=(',', ':'), default=_json_default)
+            data = _encode_json(data)
         for line in data.replace('\r\n', '\n').replace('\r', '\n').split('\n'):
             lines.append('data: ' + line)
     if not lines:

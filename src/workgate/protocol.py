@@ -80,6 +80,18 @@ class _DateCache:
         return cls.value
 
 
+_TYPE_LINES: dict[str | None, bytes] = {None: b''}
+
+
+def _content_type_line(content_type: str | None) -> bytes:
+    line = _TYPE_LINES.get(content_type)
+    if line is None:
+        line = b'content-type: ' + content_type.encode('latin-1') + b'\r\n'
+        if len(_TYPE_LINES) < 256:
+            _TYPE_LINES[content_type] = line
+    return line
+
+
 def check_header(name: str, value: Any) -> tuple[str, str]:
     """Validate one response header; raise ValueError for an unsafe one."""
     name = str(name)
@@ -631,8 +643,15 @@ class HttpProtocol(asyncio.Protocol):
         length = len(body) if body.__class__ is bytes else memoryview(body).nbytes
         if status in _NO_BODY_STATUSES:
             length = 0
-        head = build_head(status, client.http_version, headers, cookies, content_type,
-                          length, keep_alive)
+            head = build_head(status, client.http_version, headers, cookies, content_type,
+                              None, keep_alive)
+        elif headers or cookies or not keep_alive or client.http_version != b'1.1':
+            head = build_head(status, client.http_version, headers, cookies, content_type,
+                              length, keep_alive)
+        else:
+            # The common case, without the general builder's loop and list.
+            head = (_status_line(status, b'1.1') + _content_type_line(content_type)
+                    + b'content-length: %d\r\n' % length + _DateCache.get() + b'\r\n')
         client.responded = True
         client.status = status
         transport = self.transport
