@@ -58,7 +58,7 @@ __all__ = ['Dispatcher', 'Settings']
 
 _SWEEP_INTERVAL = 0.1
 # Allocations between two collections of the youngest generation (Python's default is 700).
-_GC_THRESHOLD = 20000
+_GC_THRESHOLD = 5000
 _access_logger = logging.getLogger(logs.ACCESS_LOGGER_NAME)
 _CONNECTION_SWEEP_EVERY = 5
 

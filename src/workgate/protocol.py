@@ -365,8 +365,10 @@ class HttpProtocol(asyncio.Protocol):
         active = self.active
         self.active = None
         self.queue.clear()
-        if active is not None and (not active.responded or active.streaming):
-            self.dispatcher._client_gone(active)
+        if active is not None:
+            if not active.responded or active.streaming:
+                self.dispatcher._client_gone(active)
+            active.pending = None
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -579,6 +581,9 @@ class HttpProtocol(asyncio.Protocol):
         """Mark the active request answered and move to the next one."""
         if self.settings.access_log:
             self.dispatcher._on_response_done(client)
+        # client.pending and pending.client refer to each other; break the
+        # cycle so the request (and its body) is freed at once, not by the GC.
+        client.pending = None
         if self.active is not client:
             return
         self.active = None
