@@ -110,7 +110,7 @@ async def measure(port: int, pid: int, clients: int, rounds: int) -> dict:
     for start in range(0, clients, CONNECT_BATCH):
         batch = [loop.create_connection(lambda: StreamClient(tally), '127.0.0.1', port)
                  for _ in range(min(CONNECT_BATCH, clients - start))]
-        for transport, protocol in await asyncio.gather(*batch):
+        for _, protocol in await asyncio.gather(*batch):
             streams.append(protocol)
         opened = len(streams)
         await wait_for(lambda: tally['open'] >= opened, CONNECT_TIMEOUT, f'{opened} streams')

@@ -131,7 +131,7 @@ class _PendingRequest:
     """An entry of the in-flight table (``pending`` in the hooks)."""
 
     __slots__ = ('request_id', 'client', 'pool', 'worker_id', 'slot', 'streaming',
-                 'timestamp', 'started', 'method', 'path')
+                 'started', 'method', 'path')
 
     def __init__(self, request_id: int, client: ClientConnection, pool: WorkerPool):
         self.request_id = request_id
@@ -141,9 +141,13 @@ class _PendingRequest:
         self.slot = None
         self.streaming = False
         self.started = time.monotonic()
-        self.timestamp = time.time()
         self.method = client.method
         self.path = client.path
+
+    @property
+    def timestamp(self) -> float:
+        """Wall-clock time (time.time()) at which the request arrived."""
+        return time.time() - (time.monotonic() - self.started)
 
     def __repr__(self) -> str:
         return (f'<pending {self.request_id} {self.method} {self.path} '
@@ -208,6 +212,8 @@ class Dispatcher:
         self._wants_on_response = overridden
         self._wants_pending_removed = (
             type(self).on_pending_removed is not Dispatcher.on_pending_removed)
+        self._wants_accepted = (
+            type(self).on_request_accepted is not Dispatcher.on_request_accepted)
 
     # -- configuration ----------------------------------------------------
 
@@ -499,7 +505,7 @@ class Dispatcher:
         client.pending = pending
         self._timeouts[pool][request_id] = pending.started + pool._timeout
         context = None
-        if type(self).on_request_accepted is not Dispatcher.on_request_accepted:
+        if self._wants_accepted:
             try:
                 context = self.on_request_accepted(request_id, client, pool)
             except Exception:

@@ -321,6 +321,7 @@ class WorkerPool:
         self._last_queue_warning = 0.0
         self.deaths: collections.Counter = collections.Counter()
         self._handler_time = PREFETCH_BUDGET
+        self._alive = 0  # slots whose process runs: starting, ready or stopping
 
     # -- public properties (names kept from uhttp-workers) -------------------
 
@@ -358,11 +359,7 @@ class WorkerPool:
 
     @property
     def alive_count(self) -> int:
-        count = 0
-        for slot in self._slots:
-            if slot.state is READY or slot.state is STARTING or slot.state is STOPPING:
-                count += 1
-        return count
+        return self._alive
 
     @property
     def ready_count(self) -> int:
@@ -465,6 +462,8 @@ class WorkerPool:
                 child_sock.close()
         slot.process = process
         slot.pid = process.pid
+        if not slot.alive:
+            self._alive += 1
         slot.state = STARTING
         slot.inbox.clear()
         slot.out = []
@@ -529,6 +528,8 @@ class WorkerPool:
         was_stopping = slot.state == STOPPING or self._stopping
         was_starting = slot.state == STARTING
         exitcode = slot.exitcode
+        if slot.alive:
+            self._alive -= 1
         slot.state = DEAD
         slot.connection = None
         self._requeue_unstarted(slot)

@@ -46,6 +46,7 @@ _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 
 _CONTINUE = b'HTTP/1.1 100 Continue\r\n\r\n'
+_VERSIONS = {'1.1': b'1.1', '1.0': b'1.0'}
 # Statuses whose responses never have a body (RFC 9110 sections 15.2, 15.3.5, 15.4.5).
 _NO_BODY_STATUSES = frozenset((100, 101, 102, 103, 204, 304))
 _ILLEGAL_VALUE = str.maketrans('', '', '\r\n\x00')
@@ -327,6 +328,10 @@ class HttpProtocol(asyncio.Protocol):
         self.drain_waiter: asyncio.Future | None = None
         self.close_after = False
         self.requests_served = 0
+        # Limits read on every request, copied out of settings once.
+        self.header_timeout = settings.header_timeout
+        self.max_headers = settings.max_headers
+        self.max_header_size = settings.max_header_size
 
     # -- connection events ------------------------------------------------
 
@@ -427,8 +432,9 @@ class HttpProtocol(asyncio.Protocol):
         self.body = b''
         self.body_size = 0
         self.headers_done = False
-        client.started = time.monotonic()
-        self.set_deadline(self.settings.header_timeout, 408)
+        client.started = now = time.monotonic()
+        self.deadline = now + self.header_timeout
+        self.deadline_status = 408
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -439,13 +445,12 @@ class HttpProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.headers_done:
             return  # a trailer field: never merged into the request headers
-        self.header_count += 1
-        self.header_bytes += len(name) + len(value) + 4
-        settings = self.settings
-        if self.header_count > settings.max_headers or self.header_bytes > settings.max_header_size:
+        self.header_count = count = self.header_count + 1
+        self.header_bytes = size = self.header_bytes + len(name) + len(value) + 4
+        if count > self.max_headers or size > self.max_header_size:
             self.parsing.error = (431, 'Request header fields too large')
             raise ValueError('headers too large')
-        key = name.decode('latin-1').lower()
+        key = name.lower().decode('latin-1')
         text = value.decode('latin-1').strip()
         headers = self.parsing.headers
         if key in headers:
@@ -460,18 +465,18 @@ class HttpProtocol(asyncio.Protocol):
         client = self.parsing
         parser = self.parser
         version = parser.get_http_version()
-        if version not in ('1.1', '1.0'):
+        if version not in _VERSIONS:
             client.error = (505, 'HTTP version not supported')
             raise ValueError('version')
-        client.http_version = version.encode()
-        client.method = parser.get_method().decode('ascii', 'replace')
+        client.http_version = http_version = _VERSIONS[version]
+        client.method = method = parser.get_method().decode('ascii', 'replace')
         client.keep_alive = parser.should_keep_alive()
         self.split_target(client)
         if client.error:
             raise ValueError('target')
         headers = client.headers
         settings = self.settings
-        if 'host' not in headers and client.http_version == b'1.1':
+        if http_version == b'1.1' and 'host' not in headers:
             client.error = (400, 'Missing Host header')
             raise ValueError('no host')
         length = headers.get('content-length')
@@ -488,13 +493,14 @@ class HttpProtocol(asyncio.Protocol):
                 # Nothing is answered ahead of it, so the interim answer can go now.
                 self.transport.write(_CONTINUE)
                 client.expect_continue = False
-        if client.method == 'HEAD':
+        if method == 'HEAD':
             client.head_only = True
         self.headers_done = True
         self.open_line = 0
-        if client.http_version == b'1.0' and 'transfer-encoding' in headers:
+        chunked = 'transfer-encoding' in headers
+        if chunked and http_version == b'1.0':
             client.keep_alive = False  # RFC 9112 section 6.1: framing is unreliable
-        if length is not None or 'transfer-encoding' in headers:
+        if length is not None or chunked:
             self.set_deadline(settings.body_timeout, 408)
             if length is not None and length.isdigit() and int(length) > 0:
                 # One buffer of the announced size: the body is copied once.
