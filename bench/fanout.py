@@ -113,7 +113,8 @@ async def measure(port: int, pid: int, clients: int, rounds: int) -> dict:
         for _, protocol in await asyncio.gather(*batch):
             streams.append(protocol)
         opened = len(streams)
-        await wait_for(lambda: tally['open'] >= opened, CONNECT_TIMEOUT, f'{opened} streams')
+        await wait_for(lambda opened=opened: tally['open'] >= opened, CONNECT_TIMEOUT,
+                       f'{opened} streams')
     count = await loop.run_in_executor(None, request, port, 'GET', '/count')
     if count['subscribers'] != clients:
         raise RuntimeError(f'worker holds {count["subscribers"]} subscribers, not {clients}')
