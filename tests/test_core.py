@@ -116,7 +116,7 @@ def test_sync_redirect(http):
 def test_sync_handler_that_forgets_to_answer_gets_500(http, server):
     response = http.get('/sync/forget')
     assert response.status_code == 500
-    assert server.wait_log('returned without answering')
+    assert server.wait_log('returned without a response')
 
 
 def test_sync_handler_exception_is_500_and_logged(http, server):

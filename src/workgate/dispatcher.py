@@ -270,7 +270,7 @@ class Dispatcher:
         return None
 
     def on_response(self, response: Response, pending: _PendingRequest) -> None:
-        """Run after a worker's answer was sent to the client."""
+        """Run after a worker's response was sent to the client."""
 
     def on_forward(self, route: str, data: Any) -> None:
         """Route a worker's ``forward(route, data)`` to the pool serving ``route``.
@@ -455,7 +455,7 @@ class Dispatcher:
             return True
         match.handler(client, match.params)
         if not client.responded and not client.streaming:
-            self.log.error('sync handler for %s %s returned without answering; sent 500',
+            self.log.error('sync handler for %s %s returned without a response; sent 500',
                            client.method, client.path)
             client._protocol.send_error(client, 500, 'Internal server error')
         return True
@@ -560,7 +560,7 @@ class Dispatcher:
         self._notify_removed(request_id, pending, reason)
 
     def _client_gone(self, client: ClientConnection) -> None:
-        """The client closed its connection before its answer or stream ended."""
+        """Handle a client that closed its connection before its response or stream ended."""
         request_id = client.request_id
         if request_id is None:
             return
@@ -681,7 +681,7 @@ class Dispatcher:
             client._protocol.send_response(client, status, headers, cookies, body,
                                            content_type)
         except ValueError as err:
-            self.log.error('worker answer for request %s is invalid (%s); sent 500',
+            self.log.error('worker response for request %s is invalid (%s); sent 500',
                            request_id, err)
             client._protocol.send_error(client, 500, 'Internal server error')
         if self._wants_on_response:

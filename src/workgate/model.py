@@ -242,14 +242,14 @@ class Request:
 
     def respond(self, data: Any = None, status: int = 200,
                 headers: dict | None = None, cookies: dict | None = None) -> None:
-        """Send the answer of a request whose handler returned DEFERRED."""
+        """Send the response of a request whose handler returned DEFERRED."""
         self._require_channel().send_response(
             self.request_id, Response(self.request_id, data, status, headers, cookies))
 
     def response_stream(self, content_type: str | None = None,
                         headers: dict | None = None,
                         cookies: dict | None = None) -> None:
-        """Start a streamed answer (``text/event-stream`` unless told otherwise)."""
+        """Start a streamed response, ``text/event-stream`` by default."""
         self._require_channel().stream_open(
             self.request_id, content_type or EVENT_STREAM_TYPE, headers, cookies)
 
