@@ -148,7 +148,8 @@ class Server:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError('dispatcher did not exit after SIGTERM:\n' + self.output())
+            raise AssertionError(
+                'dispatcher did not exit after SIGTERM:\n' + self.output()) from None
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:
