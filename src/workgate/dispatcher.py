@@ -38,7 +38,6 @@ from . import logs, messages
 from .constants import (
     LOG_ERROR,
     LOG_INFO,
-    LOG_WARNING,
     PENDING_COMPLETED,
     PENDING_DISCONNECTED,
     PENDING_SHUTDOWN,
@@ -520,7 +519,7 @@ class Dispatcher:
     # -- the in-flight table ----------------------------------------------
 
     def _remove_pending(self, request_id: int, reason: str) -> _PendingRequest | None:
-        """Take a request out of the in-flight table; the caller answers the client."""
+        """Take a request out of the in-flight table; the caller then responds to the client."""
         pending = self._pending.pop(request_id, None)
         if pending is None:
             return None
@@ -760,9 +759,6 @@ class Dispatcher:
         for request_id, pending in victims:
             self._answer_and_remove(request_id, pending, 503, 'Server shutting down',
                                     PENDING_SHUTDOWN)
-        check = getattr(pool, '_stop_check', None)
-        if check is not None:
-            check()
 
     def _fail_waiting(self, pool: WorkerPool, status: int, message: str,
                       retry_after: bool = False) -> None:
@@ -994,5 +990,3 @@ def _format_address(address: tuple) -> str:
     host, port = address[0], address[1]
     return f'[{host}]:{port}' if ':' in host else f'{host}:{port}'
 
-
-__all__ += ['LOG_WARNING']

@@ -322,6 +322,7 @@ class WorkerPool:
         self.deaths: collections.Counter = collections.Counter()
         self._handler_time = PREFETCH_BUDGET
         self._alive = 0  # slots whose process runs: starting, ready or stopping
+        self._stop_check = None  # set by _stop(): ends its future once all are gone
 
     # -- public properties (names kept from uhttp-workers) -------------------
 
@@ -539,6 +540,8 @@ class WorkerPool:
 
         if was_stopping:
             dispatcher._fail_victims_on_stop(self, slot, victims)
+            if self._stop_check is not None:
+                self._stop_check()
             return
 
         parked = (self._permanent_failure_exitcode is not None
@@ -597,7 +600,7 @@ class WorkerPool:
             entry.worker_id = None
 
     def _take_back(self, slot: _Slot, request_id: int) -> None:
-        """A paused worker returned the request at its inbox head unstarted."""
+        """Re-queue the request a paused worker returned unstarted from its inbox head."""
         inbox = slot.inbox
         if not inbox or inbox[0][0] != request_id:
             self._dispatcher.log.error('worker %s returned request %s, which is not next in '
@@ -645,7 +648,8 @@ class WorkerPool:
         dispatcher = self._dispatcher
         if degraded:
             self._degraded_since = time.monotonic()
-            dispatcher.log.warning('pool %s is degraded (%s); answering 503', self._name, why)
+            dispatcher.log.warning('pool %s is degraded (%s); answering 503',
+                                   self._name, why)
             dispatcher._fail_waiting(self, 503, 'Service unavailable')
         else:
             self._degraded_since = None

@@ -25,6 +25,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from email.utils import formatdate
 from http import HTTPStatus
@@ -32,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from .model import TEXT_TYPE, encode_body, format_cookie, format_event, parse_body
+from .model import encode_body, format_cookie, format_event, parse_body, parse_cookies
 from .routing import normalize_path, parse_query
+from .static import prepare_file
 
 if TYPE_CHECKING:
     from .dispatcher import Dispatcher, Settings
@@ -170,7 +172,7 @@ class ClientConnection:
     __slots__ = ('_protocol', 'method', 'path', 'raw_path', 'query_string',
                  '_query', 'headers', 'body', '_data', '_parsed', '_cookies',
                  'http_version', 'keep_alive', 'expect_continue', 'request_id',
-                 'started', 'responded', 'streaming', 'status', 'stream_owner',
+                 'started', 'responded', 'streaming', 'status',
                  'response_bytes', 'head_only', 'error', 'pending', 'last_write',
                  'is_event_stream', '__weakref__')
 
@@ -194,7 +196,6 @@ class ClientConnection:
         self.responded = False
         self.streaming = False
         self.status = 0
-        self.stream_owner = None
         self.response_bytes = 0
         self.head_only = False
         self.error: tuple[int, str] | None = None
@@ -224,7 +225,6 @@ class ClientConnection:
     @property
     def cookies(self) -> dict[str, str]:
         if self._cookies is None:
-            from .model import parse_cookies
             self._cookies = parse_cookies(self.headers.get('cookie'))
         return self._cookies
 
@@ -265,7 +265,6 @@ class ClientConnection:
 
     def respond_file(self, path: str, headers: dict | None = None) -> bool:
         """Answer with a file, honouring conditional and range headers."""
-        from .static import prepare_file
         return self._protocol.send_static(self, prepare_file(
             path, self.method, self.headers, headers))
 
@@ -287,7 +286,6 @@ class ClientConnection:
         return self._protocol.stream_write(self, format_event(data, event, event_id, retry))
 
     def send_ndjson(self, obj: Any) -> bool:
-        import json
         return self._protocol.stream_write(
             self, (json.dumps(obj, separators=(',', ':')) + '\n').encode())
 
@@ -804,7 +802,3 @@ class HttpProtocol(asyncio.Protocol):
         self.finish(client)
         return True
 
-
-def text_response(client: ClientConnection, status: int, text: str) -> bool:
-    return client._protocol.send_response(client, status, None, None, text.encode(),
-                                          TEXT_TYPE)
