@@ -202,6 +202,18 @@ def test_large_request_body_round_trip(http):
     assert response.json() == {'sha256': hashlib.sha256(body).hexdigest(), 'size': len(body)}
 
 
+@pytest.mark.parametrize('size', [40_000, 64 * 1024 - 1, 64 * 1024, 1024 * 1024 + 3])
+def test_large_request_body_reaches_handler_as_bytes(http, size):
+    import hashlib
+    # Twice in a row: the worker reads the second body differently.
+    for _ in range(2):
+        body = os.urandom(size)
+        response = http.post('/api/body-info', content=body,
+                             headers={'content-type': 'application/octet-stream'})
+        assert response.json() == {'sha256': hashlib.sha256(body).hexdigest(), 'size': size,
+                                   'type': 'bytes', 'data_is_body': True}
+
+
 def test_http10_request(server):
     with socket.create_connection(('127.0.0.1', server.port), timeout=5) as sock:
         sock.sendall(b'GET /api/hello HTTP/1.0\r\n\r\n')

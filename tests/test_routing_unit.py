@@ -1,5 +1,7 @@
 """Unit tests of routing: handler patterns, pool prefixes, paths and queries."""
 
+import random
+
 import pytest
 
 from workgate.routing import Router, compile_pattern, match_prefix, normalize_path, parse_query
@@ -122,3 +124,87 @@ def test_normalize_path(raw, expected):
 ])
 def test_parse_query(raw, expected):
     assert parse_query(raw) == expected
+
+
+def test_param_route_added_first_wins_over_static():
+    router = build(('/x/{a}', None, 'param'), ('/x/me', None, 'static'))
+    match = router.match('GET', '/x/me')
+    assert match.handler == 'param'
+    assert match.params == {'a': 'me'}
+
+
+def test_static_and_param_routes_share_a_path():
+    router = build(('/u/me', ['GET'], 'me'), ('/u/{id:int}', ['GET'], 'by-id'),
+                   ('/u/{name}', ['POST'], 'by-name'))
+    assert router.match('GET', '/u/me').handler == 'me'
+    assert router.match('GET', '/u/5').params == {'id': 5}
+    assert router.match('POST', '/u/me').params == {'name': 'me'}
+    assert router.match('PUT', '/u/me').allowed == ('GET', 'POST')
+
+
+def test_static_routes_method_rules():
+    router = build(('/a', ['GET'], 'get'), ('/a', ['POST'], 'post'), ('/b', None, 'any'))
+    assert router.match('GET', '/a').handler == 'get'
+    assert router.match('POST', '/a').handler == 'post'
+    assert router.match('HEAD', '/a').handler == 'get'
+    assert router.match('PUT', '/a').allowed == ('GET', 'POST')
+    assert router.match('PATCH', '/b').handler == 'any'
+    assert router.match('GET', '/a/').handler == 'get'
+
+
+def test_route_added_after_a_match_is_found():
+    router = build(('/a', ['GET'], 'get'))
+    assert router.match('POST', '/a').allowed == ('GET',)
+    router.add('/a', ['POST'], 'post')
+    assert router.match('POST', '/a').handler == 'post'
+
+
+def test_static_match_params_are_fresh():
+    router = build(('/a', None, 'a'))
+    first = router.match('GET', '/a')
+    first.params['changed'] = True
+    assert router.match('GET', '/a').params == {}
+
+
+def scan_match(routes, method, path):
+    """The routing rules as one ordered scan, to compare Router against."""
+    segments = [s for s in path.split('/') if s]
+    allowed = set()
+    for pattern, methods, name in routes:
+        compiled = compile_pattern(pattern)
+        if len(compiled) != len(segments):
+            continue
+        params = {}
+        for want, got in zip(compiled, segments, strict=True):
+            if isinstance(want, str):
+                if want != got:
+                    break
+                continue
+            try:
+                params[want.name] = want.convert(got)
+            except ValueError:
+                break
+        else:
+            if methods is None or method in methods or (method == 'HEAD' and 'GET' in methods):
+                return name, params, ()
+            allowed.update(methods)
+    return None, None, tuple(sorted(allowed))
+
+
+def test_router_agrees_with_an_ordered_scan():
+    rng = random.Random(1234)
+    parts = ['a', 'b', '{x}', '{n:int}']
+    path_parts = ['a', 'b', '7', 'zz']
+    method_choices = [None, ['GET'], ['POST'], ['GET', 'DELETE']]
+    for _ in range(300):
+        routes = []
+        for index in range(rng.randint(1, 6)):
+            pattern = '/' + '/'.join(rng.choice(parts) for _ in range(rng.randint(0, 2)))
+            routes.append((pattern, rng.choice(method_choices), f'h{index}'))
+        router = build(*routes)
+        for _ in range(20):
+            path = '/' + '/'.join(rng.choice(path_parts) for _ in range(rng.randint(0, 2)))
+            method = rng.choice(['GET', 'POST', 'HEAD', 'PUT'])
+            match = router.match(method, path)
+            expected = scan_match(routes, method, path)
+            assert (match.handler, match.params, match.allowed) == expected, (routes, method, path)

@@ -15,6 +15,8 @@ Body conventions:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from json import encoder as json_encoder
 from typing import Any
 
 from . import messages
@@ -56,7 +58,42 @@ def _json_default(value: Any) -> Any:
 
 # One reusable encoder: json.dumps() builds a new one per call when given
 # separators, which costs more than encoding a small answer.
-_encode_json = json.JSONEncoder(separators=(',', ':'), default=_json_default).encode
+_json_encoder = json.JSONEncoder(separators=(',', ':'), default=_json_default)
+
+
+def _make_unchecked_encoder() -> Callable[[Any, int], list] | None:
+    """Build once the C encoder that JSONEncoder.encode() builds per call.
+
+    It skips the circular reference check (``markers`` is None), so it keeps
+    no state between calls and is safe to share between threads. None when
+    the ``_json`` accelerator is missing or its signature differs.
+    """
+    make = json_encoder.c_make_encoder
+    if make is None:
+        return None
+    encoder = _json_encoder
+    try:
+        return make(None, encoder.default, json_encoder.encode_basestring_ascii,
+                    encoder.indent, encoder.key_separator, encoder.item_separator,
+                    encoder.sort_keys, encoder.skipkeys, encoder.allow_nan)
+    except TypeError:
+        return None
+
+
+_encode_unchecked = _make_unchecked_encoder()
+
+
+def _encode_json(value: Any) -> str:
+    """Encode ``value`` as compact JSON, exactly as ``_json_encoder.encode`` does."""
+    if _encode_unchecked is None:
+        return _json_encoder.encode(value)
+    try:
+        return ''.join(_encode_unchecked(value, 0))
+    except RecursionError:
+        # A circular value recurses until the limit. Encode it again with
+        # the check, which raises ValueError('Circular reference detected')
+        # for it, or RecursionError again for a value that is only deep.
+        return _json_encoder.encode(value)
 
 
 def encode_body(data: Any) -> tuple[bytes | memoryview, str | None]:

@@ -150,11 +150,20 @@ _NO_MATCH = RouteMatch()
 
 
 class Router:
-    """Ordered table of (pattern, methods, handler) with typed parameters."""
+    """Ordered table of (pattern, methods, handler) with typed parameters.
+
+    Paths that equal a route without parameters are looked up in a dict
+    first. A path is put in that dict only when no route with parameters of
+    its segment count could match it, so the lookup returns what the ordered
+    scan would return.
+    """
 
     def __init__(self) -> None:
         self._by_length: dict[int, list[tuple]] = {}
         self._order = 0
+        # Maps a static path to its routes. The first match() after an
+        # add() builds it.
+        self._static: dict[str, tuple] | None = None
 
     def add(self, pattern: str, methods: Iterable[str] | None, handler: Any) -> None:
         compiled = compile_pattern(pattern)
@@ -162,11 +171,19 @@ class Router:
         entry = (self._order, compiled, method_set, handler, pattern)
         self._order += 1
         self._by_length.setdefault(len(compiled), []).append(entry)
+        self._static = None
 
     def __len__(self) -> int:
         return self._order
 
     def match(self, method: str, path: str) -> RouteMatch:
+        static = self._static
+        if static is None:
+            static = self._static = self._build_static()
+        entries = static.get(path)
+        if entries is not None:
+            return self._match_static(method, entries)
+
         segments = [s for s in path.split('/') if s]
         candidates = self._by_length.get(len(segments))
         if not candidates:
@@ -177,13 +194,63 @@ class Router:
             if params is None:
                 continue
             if methods is None or method in methods:
-                return RouteMatch(handler, params, pattern=pattern)
+                return RouteMatch(handler, params, (), pattern)
             if method == 'HEAD' and 'GET' in methods:
-                return RouteMatch(handler, params, pattern=pattern)
+                return RouteMatch(handler, params, (), pattern)
             allowed.update(methods)
         if allowed:
             return RouteMatch(allowed=tuple(sorted(allowed)))
         return _NO_MATCH
+
+    @staticmethod
+    def _match_static(method: str, entries: tuple) -> RouteMatch:
+        """Apply the method rules of match() to the routes that equal a path."""
+        for methods, handler, pattern in entries:
+            if methods is None or method in methods or (method == 'HEAD' and 'GET' in methods):
+                # A new params dict each time, because handlers may change
+                # path_params.
+                return RouteMatch(handler, {}, (), pattern)
+        allowed: set[str] = set()
+        for methods, _, _ in entries:
+            allowed.update(methods)
+        return RouteMatch(allowed=tuple(sorted(allowed)))
+
+    def _build_static(self) -> dict[str, tuple]:
+        """Map each route path without parameters to the routes equal to it.
+
+        A path is left out when a route with parameters has the same segment
+        count and the same literals, because only its converters can tell
+        whether it matches.
+        """
+        static: dict[str, tuple] = {}
+        for routes in self._by_length.values():
+            for _, compiled, _, _, _ in routes:
+                if not all(part.__class__ is str for part in compiled):
+                    continue
+                path = '/' + '/'.join(compiled)
+                if path in static:
+                    continue
+                entries = _routes_equal_to(routes, compiled)
+                if entries is not None:
+                    static[path] = entries
+        return static
+
+
+def _routes_equal_to(routes: list[tuple], segments: tuple) -> tuple | None:
+    """Return (methods, handler, pattern) of each route equal to ``segments``.
+
+    None means that some route with parameters may match them too.
+    """
+    entries = []
+    for _, compiled, methods, handler, pattern in routes:
+        literals_agree = all(part.__class__ is not str or part == segment
+                             for part, segment in zip(compiled, segments, strict=True))
+        if not literals_agree:
+            continue
+        if compiled != segments:
+            return None
+        entries.append((methods, handler, pattern))
+    return tuple(entries)
 
 
 def match_prefix(route: str, path: str) -> bool:

@@ -42,6 +42,19 @@ EXIT_SETUP_FAILED = 3
 _BATCH_DELAY = 0.001
 
 
+def _iov_max() -> int:
+    """Return IOV_MAX, the maximum number of buffers one sendmsg() accepts."""
+    try:
+        limit = os.sysconf('SC_IOV_MAX')
+    except (AttributeError, ValueError, OSError):
+        limit = -1
+    # POSIX requires at least 16 (_XOPEN_IOV_MAX). Linux reports 1024.
+    return limit if limit > 0 else 16
+
+
+_IOV_MAX = _iov_max()
+
+
 class ApiHandler:
     """A group of ``@api`` routes under the class's ``PATTERN`` prefix.
 
@@ -73,6 +86,10 @@ class _Channel:
 
     def send(self, message: tuple, flush: bool = False) -> None:
         self.out.extend(messages.encode(message))
+        self._queued(flush)
+
+    def _queued(self, flush: bool) -> None:
+        """Send the frames now, unless they may still wait in the batch."""
         if not self.batching or flush:
             self.flush()
             return
@@ -86,29 +103,55 @@ class _Channel:
         if not buffers:
             return
         self.out = []
-        sock = self.sock
-        while buffers:
-            sent = sock.sendmsg(buffers)
-            while sent:
-                first = buffers[0]
-                size = len(first) if not isinstance(first, memoryview) else first.nbytes
-                if sent >= size:
-                    sent -= size
-                    buffers.pop(0)
-                else:
-                    buffers[0] = memoryview(first).cast('B')[sent:]
-                    sent = 0
+        if len(buffers) > _IOV_MAX:
+            self._send_rest(buffers, 0)
+        else:
+            sent = self.sock.sendmsg(buffers)
+            # Every buffer is bytes or a byte-format memoryview from
+            # PickleBuffer.raw(), so len() is its size in bytes.
+            if sent != sum(map(len, buffers)):
+                self._send_rest(buffers, sent)
         self.last_send = time.monotonic()
+
+    def _send_rest(self, buffers: list, sent: int) -> None:
+        """Send what follows the first ``sent`` bytes of ``buffers``.
+
+        Passes at most ``_IOV_MAX`` buffers to each sendmsg call.
+        """
+        index = 0
+        count = len(buffers)
+        while True:
+            while index < count and sent >= len(buffers[index]):
+                sent -= len(buffers[index])
+                index += 1
+            if index == count:
+                return
+            if sent:
+                buffers[index] = memoryview(buffers[index])[sent:]
+            sent = self.sock.sendmsg(buffers[index:index + _IOV_MAX])
 
     def send_response(self, request_id: int, response: Response,
                       ends_handler: bool = False) -> None:
-        status = response.status
+        self.send_fields(request_id, response.status, response.headers, response.cookies,
+                         response._data, ends_handler)
+
+    def send_fields(self, request_id: int, status: Any, headers: Any, cookies: Any,
+                    data: Any, ends_handler: bool = False) -> None:
+        """Queue or send a RESPONSE frame.
+
+        Raises ValueError or TypeError when the status or data cannot be sent.
+        """
         if status.__class__ is not int or not 100 <= status <= 599:
             raise ValueError(f'invalid HTTP status {status!r}; expected an int 100-599')
-        body, content_type = encode_body(response._data)
-        self.send((messages.RESPONSE, request_id, status, response.headers,
-                   response.cookies, messages.wrap_body(body), content_type,
-                   ends_handler))
+        body, content_type = encode_body(data)
+        wrapped = messages.wrap_body(body)
+        message = (messages.RESPONSE, request_id, status, headers, cookies, wrapped,
+                   content_type, ends_handler)
+        if wrapped is body:
+            self.out.append(messages.encode_in_band(message))
+        else:
+            self.out.extend(messages.encode(message))
+        self._queued(False)
 
     def stream_open(self, request_id, content_type, headers, cookies) -> None:
         self.send((messages.STREAM_OPEN, request_id, content_type, headers, cookies))
@@ -294,8 +337,13 @@ class Worker:
                              self.LOG_NAME, err)
             return f'{type(self).__name__}[{self._worker_id}]'
 
-    def _handle_request(self, request: Request) -> Response | None:
-        """Run checks, routing and the handler; None means DEFERRED."""
+    def _handle_request(self, request: Request) -> Any:
+        """Run checks, routing and the handler.
+
+        Return the handler's result (DEFERRED included), a Response for a
+        request that a check rejected or no route matched, or the result of
+        on_request_error when the handler raised.
+        """
         try:
             result = self.do_check(request)
             if result is not None:
@@ -316,50 +364,55 @@ class Worker:
         request.path_params = match.params
 
         try:
-            result = match.handler(request)
+            return match.handler(request)
         except RejectRequest as err:
             return Response(request.request_id, err.data, err.status)
         except Exception as err:  # a handler bug becomes a 500, not a dead worker
             return self._request_error(request, err)
-        return _to_response(request.request_id, result)
 
-    def _request_error(self, request: Request, err: Exception) -> Response:
+    def _request_error(self, request: Request, err: Exception) -> Any:
+        """Return what on_request_error returned, or a 500 Response.
+
+        The hook may return anything a handler may return except DEFERRED.
+        DEFERRED, an empty value or an exception in the hook gives the 500.
+        """
         try:
-            response = self.on_request_error(request, err)
+            result = self.on_request_error(request, err)
         except Exception:  # the error hook itself failed: log both and answer 500
             self.log.error('on_request_error failed:\n%s', traceback.format_exc())
-            response = None
-        if not isinstance(response, Response):
-            response = _to_response(request.request_id, response) if response else None
-        if response is None:
-            response = Response(request.request_id, {'error': 'Internal server error'}, 500)
-        return response
+            result = None
+        if isinstance(result, Response):
+            return result
+        if not result or result is DEFERRED:
+            return Response(request.request_id, {'error': 'Internal server error'}, 500)
+        return result
 
     def _run_request(self, message: tuple) -> None:
+        channel = self._channel
         if not self._accepting:
             # Paused: hand back a request that was sent ahead, unstarted.
-            self._channel.send((messages.RETURN, message[1]))
+            channel.send((messages.RETURN, message[1]))
             return
-        request = Request._from_message(message, self._channel)
-        self._current_request_id = request.request_id
+        request = Request._from_message(message, channel)
+        request_id = request.request_id
+        self._current_request_id = request_id
         try:
-            response = self._handle_request(request)
+            result = self._handle_request(request)
         finally:
             self._current_request_id = None
-        channel = self._channel
-        if response is None:
-            channel.send((messages.READY, request.request_id))
+        if result is DEFERRED:
+            channel.send((messages.READY, request_id))
             return
+        status, headers, cookies, data = _response_fields(request_id, result)
         try:
-            channel.send_response(request.request_id, response, ends_handler=True)
-        except (TypeError, ValueError) as err:
-            # The handler returned something that cannot be encoded.
+            channel.send_fields(request_id, status, headers, cookies, data, True)
+        except (TypeError, ValueError, RecursionError) as err:
+            # The handler returned something that cannot be encoded, or a
+            # value nested too deeply for the JSON encoder.
             self.log.error('%s %s: cannot send the response: %s',
                            request.method, request.path, err)
-            channel.send_response(
-                request.request_id,
-                Response(request.request_id, {'error': 'Internal server error'}, 500),
-                ends_handler=True)
+            channel.send_fields(request_id, 500, None, None,
+                                {'error': 'Internal server error'}, True)
 
     def _on_message(self, message: tuple) -> None:
         kind = message[0]
@@ -379,7 +432,7 @@ class Worker:
             self.log.error('%s failed:\n%s', hook.__name__, traceback.format_exc())
 
     def _serve(self, sock: socket.socket) -> None:
-        decoder = messages.FrameDecoder()
+        reader = messages.FrameReader(sock)
         selector = selectors.DefaultSelector()
         self._selector = selector
         selector.register(sock, selectors.EVENT_READ, sock)
@@ -399,24 +452,16 @@ class Worker:
                 target = key.data
                 if target is sock:
                     try:
-                        received = sock.recv_into(decoder.get_buffer())
+                        received = reader.read()
                     except InterruptedError:
                         continue
                     except OSError:
-                        received = 0
-                    if not received:
+                        received = None
+                    if received is None:
                         self._running = False
                         break
-                    channel.batching = True
-                    channel.batch_started = time.monotonic()
-                    try:
-                        for message in decoder.buffer_updated(received):
-                            self._on_message(message)
-                            if not self._running:
-                                break
-                    finally:
-                        channel.batching = False
-                        channel.flush()
+                    if received:
+                        self._run_batch(received)
                 else:
                     if mask & selectors.EVENT_WRITE and target in self._writers:
                         self._call_hook(self._writers[target], target)
@@ -425,21 +470,39 @@ class Worker:
                 if not self._running:
                     break
 
+    def _run_batch(self, received: list) -> None:
+        """Handle messages that arrived together, sending their frames in batches."""
+        channel = self._channel
+        channel.batching = True
+        channel.batch_started = time.monotonic()
+        try:
+            for message in received:
+                self._on_message(message)
+                if not self._running:
+                    break
+        finally:
+            channel.batching = False
+            channel.flush()
 
-def _to_response(request_id: int, result: Any) -> Response | None:
-    """Turn a handler's return value into a Response (None for DEFERRED)."""
-    if result is DEFERRED:
-        return None
+
+def _response_fields(request_id: int, result: Any) -> tuple:
+    """Return (status, headers, cookies, data) for a handler's result.
+
+    The result is a Response, a (data, status) or (data, status, headers)
+    tuple, or the data itself with status 200.
+    """
+    if result.__class__ is dict:
+        return 200, None, None, result
     if isinstance(result, Response):
         result.request_id = request_id
-        return result
+        return result.status, result.headers, result.cookies, result._data
     if isinstance(result, tuple) and 2 <= len(result) <= 3:
         if len(result) == 3:
             data, status, headers = result
-        else:
-            (data, status), headers = result, None
-        return Response(request_id, data, status, headers)
-    return Response(request_id, result, 200)
+            return status, headers, None, data
+        data, status = result
+        return status, None, None, data
+    return 200, None, None, result
 
 
 def _set_parent_death_signal() -> None:

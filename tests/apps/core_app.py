@@ -131,6 +131,16 @@ class CoreWorker(_workers.Worker):
         import hashlib
         return {'sha256': hashlib.sha256(request.body).hexdigest(), 'size': len(request.body)}
 
+    @_workers.api('/api/body-info', 'POST')
+    def body_info(self, request):
+        import hashlib
+        data = request.data
+        body = request.body
+        return {'sha256': hashlib.sha256(body).hexdigest(), 'size': len(body),
+                'type': type(body).__name__,
+                # True when neither property made a copy of the received body.
+                'data_is_body': data is body}
+
     @_workers.api('/api/reject', 'GET')
     def reject(self, request):
         raise _workers.RejectRequest({'error': 'admin only'}, 403)
