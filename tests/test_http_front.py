@@ -1035,6 +1035,91 @@ def test_tiny_chunks_memory_bounded(large_body_server):
     assert growth < allowed_growth, f'dispatcher grew by {growth >> 20} MiB'
 
 
+# A Content-Length body of 64 KiB or more bypasses the parser: the
+# dispatcher reads it straight into the request's buffer, then hands the
+# connection back to the parser for the next request.
+
+def test_large_body_then_pipelined_request(large_body_server):
+    body = os.urandom(1024 * 1024 + 17)
+    with RawConnection(large_body_server.port) as conn:
+        conn.send(request_bytes('POST', '/api/echo', body=body)
+                  + request_bytes('GET', '/api/user/3'))
+        first = conn.read_response()
+        second = conn.read_response()
+
+    assert first.status == 200
+    assert first.json()['body_size'] == len(body)
+    assert first.json()['body_sha256'] == hashlib.sha256(body).hexdigest()
+    assert second.json() == {'id': 3}
+
+
+def test_large_bodies_share_connection(large_body_server):
+    sizes = [64 * 1024, 64 * 1024 + 1, 3 * 1024 * 1024, 200 * 1024]
+    with RawConnection(large_body_server.port) as conn:
+        for size in sizes:
+            body = os.urandom(size)
+            conn.send(request_bytes('POST', '/api/echo', body=body))
+            response = conn.read_response()
+
+            assert response.status == 200
+            assert response.json()['body_size'] == size
+            assert response.json()['body_sha256'] == hashlib.sha256(body).hexdigest()
+
+
+def test_large_body_sent_in_pieces(large_body_server):
+    body = os.urandom(300 * 1024)
+    with RawConnection(large_body_server.port) as conn:
+        conn.send(request_bytes('POST', '/api/echo', {'Content-Length': str(len(body))}))
+        for start in range(0, len(body), 7919):
+            conn.send(body[start:start + 7919])
+        response = conn.read_response()
+
+    assert response.status == 200
+    assert response.json()['body_sha256'] == hashlib.sha256(body).hexdigest()
+
+
+def test_large_body_after_expect_continue(large_body_server):
+    body = os.urandom(512 * 1024)
+    headers = {'Expect': '100-continue', 'Content-Length': str(len(body))}
+    with RawConnection(large_body_server.port) as conn:
+        conn.send(request_bytes('POST', '/api/echo', headers))
+        interim = conn.read_response()
+
+        assert interim.status == 100
+        conn.send(body)
+        final = conn.read_response()
+
+    assert final.status == 200
+    assert final.json()['body_sha256'] == hashlib.sha256(body).hexdigest()
+
+
+def test_large_body_disconnect_midway(large_body_server):
+    port = large_body_server.port
+    before = accepted_paths(port)
+    with RawConnection(port) as conn:
+        conn.send(request_bytes('POST', '/api/echo', {'Content-Length': str(1024 * 1024)})
+                  + b'x' * (300 * 1024))
+
+    response = get(port, '/api/user/4')
+
+    assert response.json() == {'id': 4}
+    assert accepted_paths(port) == before + ['/api/user/4']
+
+
+def test_slow_large_body_gets_408(port):
+    before = accepted_paths(port)
+    with RawConnection(port) as conn:
+        conn.send(request_bytes('POST', '/api/echo', {'Content-Length': str(MAX_CONTENT_LENGTH)})
+                  + b'x' * 1000)
+        response = conn.read_response()
+
+        assert response.status == 408
+        assert_json_error(response)
+        assert conn.closed_within(PROMPT_CLOSE)
+
+    assert accepted_paths(port) == before
+
+
 # -- paths and query strings ----------------------------------------------
 
 @pytest.mark.parametrize(('target', 'expected'), [

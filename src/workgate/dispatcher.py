@@ -207,12 +207,14 @@ class Dispatcher:
                              'metrics are told apart by position only')
         self._sync_router = Router()
         self._build_sync_routes()
+        self._has_sync_routes = len(self._sync_router) > 0
         overridden = type(self).on_response is not Dispatcher.on_response
         self._wants_on_response = overridden
         self._wants_pending_removed = (
             type(self).on_pending_removed is not Dispatcher.on_pending_removed)
         self._wants_accepted = (
             type(self).on_request_accepted is not Dispatcher.on_request_accepted)
+        self._wants_check = type(self).do_check is not Dispatcher.do_check
 
     # -- configuration ----------------------------------------------------
 
@@ -393,11 +395,13 @@ class Dispatcher:
                 return
             if self._mounts and self._serve_static(client):
                 return
-            if len(self._sync_router) and self._handle_sync(client):
+            if self._has_sync_routes and self._handle_sync(client):
                 return
-            self.do_check(client)
-            if not client.responded:
-                self._dispatch_to_pool(client)
+            if self._wants_check:
+                self.do_check(client)
+                if client.responded:
+                    return
+            self._dispatch_to_pool(client)
         except RejectRequest as err:
             if not client.responded and not client.streaming:
                 client.respond(err.data, err.status)
@@ -486,7 +490,7 @@ class Dispatcher:
             self.metrics.count(pool.name, 503)
             protocol.send_error(client, 503, 'Service unavailable')
             return
-        if pool.alive_count == 0:
+        if not pool._alive:
             self.metrics.count(pool.name, 503)
             protocol.send_error(client, 503, 'No workers available', {'Retry-After': '1'})
             return
@@ -511,10 +515,14 @@ class Dispatcher:
                 self._hook_failed('on_request_accepted', request_id)
         body = client.body
         headers = client.headers
-        message = (messages.REQUEST, request_id, client.method, client.path, client.query,
-                   headers, headers.get('content-type'), client.remote_address, context,
-                   messages.wrap_body(body) if body else None, None)
-        pool._enqueue(request_id, message)
+        protocol = client._protocol
+        message = (messages.REQUEST, request_id, client.method, client.path,
+                   client.query if client.query_string else None,
+                   headers, headers.get('content-type'),
+                   client.remote_address if protocol.trusted_peer else protocol.peer,
+                   context, messages.wrap_body(body) if body else None, None)
+        pool._waiting.append((request_id, message))
+        pool._schedule()
 
     # -- the in-flight table ----------------------------------------------
 
@@ -647,7 +655,11 @@ class Dispatcher:
                 elif ends_handler:
                     self._answer_after_stream(request_id, pending, status)
         if ends_handler:
-            self._on_handler_done(pool, slot, request_id)
+            inbox = slot.inbox
+            if inbox and inbox[0][0] == request_id:
+                slot.handler_done(time.monotonic())
+            else:
+                self._on_handler_done(pool, slot, request_id)
             if pool._waiting:
                 pool._schedule()
 
@@ -674,7 +686,14 @@ class Dispatcher:
     def _complete(self, request_id: int, pending: _PendingRequest, status: int, headers: Any,
                   cookies: Any, body: Any, content_type: str | None) -> None:
         """Send a worker's answer to its client, then fire the hooks."""
-        self._remove_pending(request_id, PENDING_COMPLETED)
+        # The work of _remove_pending, inlined because this runs once per request.
+        del self._pending[request_id]
+        slot = pending.slot
+        if slot is not None:
+            slot.held.pop(request_id, None)
+        self._timeouts[pending.pool].pop(request_id, None)
+        if self._drained is not None and not self._pending and not self._drained.done():
+            self._drained.set_result(None)
         client = pending.client
         try:
             client._protocol.send_response(client, status, headers, cookies, body,

@@ -17,18 +17,26 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
                    1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+class _PoolCounters:
+    """Counters of one pool, kept in plain dicts because ``finish`` runs per request."""
+
+    __slots__ = ('statuses', 'reasons', 'buckets', 'seconds')
+
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+        self.reasons: dict[str, int] = {}
+        # One count per LATENCY_BUCKETS bound, then the +Inf count.
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.seconds = 0.0
+
+
 class Metrics:
     """Counters kept by one dispatcher."""
 
     def __init__(self) -> None:
-        # (pool, status) -> count of requests that left the in-flight table
-        self.requests: collections.Counter = collections.Counter()
-        # (pool, reason) -> count, reasons as in on_pending_removed
-        self.removed: collections.Counter = collections.Counter()
-        # pool -> [bucket counts..., +Inf count], and the sum of durations
-        self.latency: dict[str, list[int]] = {}
-        self.latency_sum: collections.Counter = collections.Counter()
-        # pool -> requests answered by the dispatcher before reaching a worker
+        # pool -> counters of the requests that left the in-flight table
+        self.pools: dict[str, _PoolCounters] = {}
+        # (pool, status) -> requests answered by the dispatcher before reaching a worker
         self.rejected: collections.Counter = collections.Counter()
         self.streams_opened = 0
         self.static_served = 0
@@ -41,13 +49,30 @@ class Metrics:
         self.rejected[(pool, status)] += 1
 
     def finish(self, pool: str, status: int, reason: str, seconds: float) -> None:
-        self.requests[(pool, status)] += 1
-        self.removed[(pool, reason)] += 1
-        buckets = self.latency.get(pool)
-        if buckets is None:
-            buckets = self.latency[pool] = [0] * (len(LATENCY_BUCKETS) + 1)
-        buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.latency_sum[pool] += seconds
+        """Count a request that left the in-flight table after ``seconds``."""
+        counters = self.pools.get(pool)
+        if counters is None:
+            counters = self.pools[pool] = _PoolCounters()
+        statuses = counters.statuses
+        statuses[status] = statuses.get(status, 0) + 1
+        reasons = counters.reasons
+        reasons[reason] = reasons.get(reason, 0) + 1
+        counters.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        counters.seconds += seconds
+
+    @property
+    def requests(self) -> collections.Counter:
+        """(pool, status) -> count of requests that left the in-flight table."""
+        return collections.Counter({(pool, status): count
+                                    for pool, counters in self.pools.items()
+                                    for status, count in counters.statuses.items()})
+
+    @property
+    def removed(self) -> collections.Counter:
+        """(pool, reason) -> count, with the reasons of on_pending_removed."""
+        return collections.Counter({(pool, reason): count
+                                    for pool, counters in self.pools.items()
+                                    for reason, count in counters.reasons.items()})
 
 
 def status_document(dispatcher) -> dict:
@@ -100,13 +125,14 @@ class _Collector:
         latency = HistogramMetricFamily(
             'workgate_request_duration_seconds',
             'Time from accepting a request to removing it, by pool.', labels=['pool'])
-        for pool, buckets in sorted(metrics.latency.items()):
+        for pool, counters in sorted(metrics.pools.items()):
             cumulative = 0
             points = []
-            for bound, count in zip((*LATENCY_BUCKETS, float('inf')), buckets, strict=True):
+            for bound, count in zip((*LATENCY_BUCKETS, float('inf')), counters.buckets,
+                                    strict=True):
                 cumulative += count
                 points.append(('+Inf' if bound == float('inf') else repr(bound), cumulative))
-            latency.add_metric([pool], points, metrics.latency_sum[pool])
+            latency.add_metric([pool], points, counters.seconds)
         yield latency
 
         in_flight = GaugeMetricFamily('workgate_requests_in_flight',

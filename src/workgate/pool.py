@@ -704,11 +704,10 @@ class WorkerPool:
             return
         pending = self._dispatcher._pending
         slots = self._slots
-        depth = self._prefetch_depth()
-        now = time.monotonic()
+        depth = 0
         while waiting:
             best = None
-            fewest = depth
+            fewest = 1 << 30
             for slot in slots:
                 if slot.state is READY and not slot.paused:
                     queued = len(slot.inbox)
@@ -719,6 +718,13 @@ class WorkerPool:
                             break
             if best is None:
                 return
+            if fewest:
+                # Every worker is busy: send ahead only while the queued work
+                # is short (see _prefetch_depth).
+                if not depth:
+                    depth = self._prefetch_depth()
+                if fewest >= depth:
+                    return
             request_id, message = waiting.popleft()
             if request_id != -1:
                 entry = pending.get(request_id)
@@ -727,8 +733,8 @@ class WorkerPool:
                 entry.worker_id = best.index
                 entry.slot = best
                 best.held[request_id] = entry
-            if not best.inbox:
-                best.head_since = now
+            if not fewest:
+                best.head_since = time.monotonic()
             best.inbox.append((request_id, message))
             best.send(message)
 

@@ -25,6 +25,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import time
 from email.utils import formatdate
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
 MAX_PIPELINED = 16
 _FILE_CHUNK = 256 * 1024
 _SMALL_BODY = 64 * 1024
+# A plain-TCP body with a Content-Length at least this large is read by
+# _BodyReader straight into its buffer, skipping the parser's copies.
+_DIRECT_BODY_MIN = 64 * 1024
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
@@ -54,6 +58,27 @@ _NO_BODY_STATUSES = frozenset((100, 101, 102, 103, 204, 304))
 _ILLEGAL_VALUE = str.maketrans('', '', '\r\n\x00')
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789"
                          'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ')
+
+
+def _make_unfilled_buffer():
+    """Return a function that allocates a bytearray without zeroing it.
+
+    ``bytearray(n)`` writes n zero bytes that the socket read overwrites at
+    once. In a perf profile of 1 MiB uploads, that pass took 9% of the
+    dispatcher's CPU time. CPython's PyByteArray_FromStringAndSize
+    with a NULL source leaves the contents as they are. Callers must fill
+    every byte before anything reads the buffer.
+    """
+    try:
+        allocate = ctypes.pythonapi.PyByteArray_FromStringAndSize
+    except AttributeError:  # not CPython
+        return bytearray
+    allocate.restype = ctypes.py_object
+    allocate.argtypes = (ctypes.c_char_p, ctypes.c_ssize_t)
+    return lambda size: allocate(None, size)
+
+
+_unfilled_buffer = _make_unfilled_buffer()
 
 
 def _status_line(status: int, version: bytes) -> bytes:
@@ -84,6 +109,18 @@ class _DateCache:
 
 
 _TYPE_LINES: dict[str | None, bytes] = {None: b''}
+# (status, content type) -> the HTTP/1.1 status line and Content-Type line.
+_HEAD_PREFIXES: dict[tuple[int, str | None], bytes] = {}
+
+
+def _head_prefix(status: int, content_type: str | None) -> bytes:
+    key = (status, content_type)
+    prefix = _HEAD_PREFIXES.get(key)
+    if prefix is None:
+        prefix = _status_line(status, b'1.1') + _content_type_line(content_type)
+        if len(_HEAD_PREFIXES) < 256:
+            _HEAD_PREFIXES[key] = prefix
+    return prefix
 
 
 def _content_type_line(content_type: str | None) -> bytes:
@@ -296,6 +333,41 @@ class ClientConnection:
         return f'<ClientConnection {self.method} {self.path} from {self._protocol.peer}>'
 
 
+class _BodyReader(asyncio.BufferedProtocol):
+    """The transport's protocol while a large body is read into its buffer.
+
+    Through httptools each body byte is copied twice (into the event loop's
+    ``bytes`` and into the ``on_body`` slice) before it reaches the request's
+    buffer. For a large body with a Content-Length, the connection's protocol
+    is switched to this reader, the kernel writes straight into the buffer,
+    and the connection switches back when the last byte arrives.
+    """
+
+    __slots__ = ('owner',)
+
+    def __init__(self, owner: HttpProtocol):
+        self.owner = owner
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        owner = self.owner
+        return memoryview(owner.body)[owner.body_size:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.owner.direct_body_received(nbytes)
+
+    def eof_received(self) -> None:
+        return None
+
+    def connection_lost(self, exc) -> None:
+        self.owner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.owner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.owner.resume_writing()
+
+
 class HttpProtocol(asyncio.Protocol):
     """One client connection: parsing, ordering, limits and writing."""
 
@@ -318,6 +390,7 @@ class HttpProtocol(asyncio.Protocol):
         self.body: bytes | bytearray = b''
         self.body_size = 0
         self.headers_done = False
+        self.direct_body = False
         self.open_line = 0
         self.deadline = 0.0
         self.deadline_status = 0
@@ -328,6 +401,8 @@ class HttpProtocol(asyncio.Protocol):
         self.requests_served = 0
         # Limits read on every request, copied out of settings once.
         self.header_timeout = settings.header_timeout
+        self.keepalive_timeout = settings.keepalive_timeout
+        self.access_log = settings.access_log
         self.max_headers = settings.max_headers
         self.max_header_size = settings.max_header_size
 
@@ -402,8 +477,27 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 self.fail(400, 'Invalid request', cause=err)
             return
-        if self.parsing is not None and not self.headers_done:
-            self.bound_open_line(data)
+        if self.parsing is not None:
+            if not self.headers_done:
+                self.bound_open_line(data)
+            elif self.direct_body and self.body_size < len(self.body):
+                self.transport.set_protocol(_BodyReader(self))
+
+    def direct_body_received(self, nbytes: int) -> None:
+        """Count bytes _BodyReader read; finish the request on the last one."""
+        self.body_size += nbytes
+        if self.body_size < len(self.body):
+            return
+        self.end_direct_body()
+        # The parser still waits for the body it never saw; the next
+        # request on this connection starts with a fresh one.
+        self.parser = httptools.HttpRequestParser(self)
+        self.on_message_complete()
+
+    def end_direct_body(self) -> None:
+        self.direct_body = False
+        if self.transport is not None and self.transport.get_protocol() is not self:
+            self.transport.set_protocol(self)
 
     def bound_open_line(self, data: bytes) -> None:
         """Limit a header line that has not ended yet.
@@ -430,6 +524,7 @@ class HttpProtocol(asyncio.Protocol):
         self.body = b''
         self.body_size = 0
         self.headers_done = False
+        self.direct_body = False
         client.started = now = time.monotonic()
         self.deadline = now + self.header_timeout
         self.deadline_status = 408
@@ -502,7 +597,11 @@ class HttpProtocol(asyncio.Protocol):
             self.set_deadline(settings.body_timeout, 408)
             if length is not None and length.isdigit() and int(length) > 0:
                 # One buffer of the announced size: the body is copied once.
-                self.body = bytearray(int(length))
+                size = int(length)
+                # The request sees its body only after all `size` bytes arrived.
+                self.body = _unfilled_buffer(size)
+                self.direct_body = (size >= _DIRECT_BODY_MIN and not chunked
+                                    and not self.is_secure)
 
     def split_target(self, client: ClientConnection) -> None:
         url = self.url
@@ -525,10 +624,13 @@ class HttpProtocol(asyncio.Protocol):
                 path = path.partition(b'#')[0]
         raw = path.decode('latin-1')
         client.raw_path = raw
-        client.path = normalize_path(raw)
-        if '\x00' in client.path:
+        if '%' in raw or '.' in raw or '//' in raw or raw[:1] != '/':
+            raw = normalize_path(raw)
+        # A NUL can only come from a %00 escape, but the check is cheap.
+        if '\x00' in raw:
             client.error = (400, 'Invalid request target')
             return
+        client.path = raw
         if query:
             client.query_string = query.decode('latin-1')
 
@@ -557,6 +659,11 @@ class HttpProtocol(asyncio.Protocol):
                 del body[self.body_size:]
             client.body = body
         self.body = b''
+        if self.active is None and not self.queue and not self.closed:
+            # Nothing is owed ahead of this request: start it without queueing.
+            self.active = client
+            self.dispatcher._on_request(client)
+            return
         self.queue.append(client)
         if self.active is None:
             self.next_request()
@@ -583,7 +690,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def finish(self, client: ClientConnection) -> None:
         """Mark the active request answered and move to the next one."""
-        if self.settings.access_log:
+        if self.access_log:
             self.dispatcher._on_response_done(client)
         # client.pending and pending.client refer to each other; break the
         # cycle so the request (and its body) is freed at once, not by the GC.
@@ -594,12 +701,20 @@ class HttpProtocol(asyncio.Protocol):
         self.requests_served += 1
         if not client.keep_alive or self.close_after and not self.queue:
             self.close()
-            return
-        self.next_request()
+        elif self.queue or self.parsing is not None:
+            self.next_request()
+        elif self.keepalive_timeout:
+            # Idle now: the keep-alive deadline runs (next_request's tail, inlined).
+            self.deadline = time.monotonic() + self.keepalive_timeout
+            self.deadline_status = 0
+        else:
+            self.deadline = 0.0
 
     def fail(self, status: int, message: str, cause: Exception | None = None) -> None:
         """Answer a request the parser rejected, in order, then close."""
         self.dispatcher._log_bad_request(self, status, message, cause)
+        if self.direct_body:
+            self.end_direct_body()
         client = self.parsing or ClientConnection(self)
         self.parsing = None
         client.error = (status, message)
@@ -659,8 +774,9 @@ class HttpProtocol(asyncio.Protocol):
                               length, keep_alive)
         else:
             # The common case, without the general builder's loop and list.
-            head = (_status_line(status, b'1.1') + _content_type_line(content_type)
-                    + b'content-length: %d\r\n' % length + _DateCache.get() + b'\r\n')
+            head = b'%scontent-length: %d\r\n%s\r\n' % (
+                _HEAD_PREFIXES.get((status, content_type))
+                or _head_prefix(status, content_type), length, _DateCache.get())
         client.responded = True
         client.status = status
         transport = self.transport
