@@ -60,8 +60,8 @@ def compare(
         if not case.ok:
             continue
 
-        if workload.kind == "cpu" and calibration is not None:
-            limit = calibration.core_limit_rps
+        if workload.kind == "cpu" and (case.core_limit_rps or calibration is not None):
+            limit = case.core_limit_rps or calibration.core_limit_rps
             fraction = case.median("requests_per_sec") / limit
             row.ratio = f"{fraction:.2f}"
             row.reference = f"of cores' limit ({limit:,.0f} req/s)"

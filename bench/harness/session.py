@@ -168,7 +168,8 @@ def _time_again(calibration: Calibration) -> None:
     calibration.time_again()
     print(
         f"CPU time per call after the workload: {calibration.per_call_ms_after:.2f} ms; "
-        f"cores' limit from the mean: {calibration.core_limit_rps:,.0f} req/s"
+        f"limit from one process's CPU time per call: {calibration.core_limit_rps:,.0f} req/s "
+        f"(each row uses the limit measured next to it)"
     )
 
 
@@ -193,9 +194,12 @@ def _run_servers(
         cases.append(case)
         if case.ok:
             other = max(case.other_cores, default=0.0)
+            limit = ""
+            if case.core_limit_rps:
+                limit = f", cores' limit {case.core_limit_rps:,.0f} req/s"
             print(
                 f"{case.median('requests_per_sec'):,.0f} req/s "
-                f"(other programs used up to {other:.2f} cores)"
+                f"(other programs used up to {other:.2f} cores{limit})"
             )
         else:
             print("failed")

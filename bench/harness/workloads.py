@@ -8,6 +8,7 @@ port, wait until it returns 200, check one response body, warm up, run wrk
 import hashlib
 import http.client
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -111,6 +112,14 @@ class CaseResult:
     # measured run.
     other_cores_before: float | None = None
     other_cores: list[float] = field(default_factory=list)
+    # CPU workload only: the cores' limit measured just before the server
+    # started and just after it stopped (see parallel_calls_per_second).
+    core_limits: list[float] = field(default_factory=list)
+
+    @property
+    def core_limit_rps(self) -> float | None:
+        """Return the mean of `core_limits`, or None when none was measured."""
+        return statistics.mean(self.core_limits) if self.core_limits else None
 
     @property
     def ok(self) -> bool:
@@ -138,6 +147,7 @@ class CaseResult:
             "failed_responses": self.failed_responses,
             "other_cores_before": self.other_cores_before,
             "other_cores": self.other_cores,
+            "core_limits_rps": self.core_limits,
             "runs": [run.to_dict() for run in self.runs],
         }
 
@@ -152,6 +162,51 @@ def _cpu_seconds(loops: int) -> float:
 def median_call_ms(loops: int, calls: int = 40) -> float:
     """Return the median CPU time of `calls` calls of `burn(loops)`, in ms."""
     return statistics.median(_cpu_seconds(loops) for _ in range(calls)) * 1000.0
+
+
+# Seconds that each measurement of the cores' limit runs.
+CORE_LIMIT_SECONDS = 3.0
+
+
+def _count_calls(loops: int, seconds: float, start, results) -> None:
+    """Call `burn(loops)` back to back for `seconds` once `start` is set."""
+    start.wait()
+    began = time.monotonic()
+    calls = 0
+    while time.monotonic() - began < seconds:
+        burn(loops)
+        calls += 1
+    results.put(calls / (time.monotonic() - began))
+
+
+def parallel_calls_per_second(loops: int, processes: int,
+                              seconds: float = CORE_LIMIT_SECONDS) -> float:
+    """Return the calls per second of `processes` processes that only call `burn`.
+
+    This is the cores' limit of the CPU workload: what a server's workers
+    would reach if they spent every cycle in the handler. It is measured
+    next to each server's runs because the VM's speed drifts by up to a
+    sixth between minutes.
+    """
+    context = multiprocessing.get_context("fork")
+    start = context.Event()
+    results = context.Queue()
+    children = [
+        context.Process(target=_count_calls, args=(loops, seconds, start, results))
+        for _ in range(processes)
+    ]
+    for child in children:
+        child.start()
+    start.set()
+    try:
+        rates = [results.get(timeout=seconds + 30) for _ in children]
+    finally:
+        for child in children:
+            child.join(timeout=5)
+            if child.is_alive():
+                child.kill()
+                child.join()
+    return sum(rates)
 
 
 def calibrate(target_ms: float) -> Calibration:
@@ -303,6 +358,26 @@ def run_case(
     result = CaseResult(server=spec.key, label=spec.label, stand_in=spec.stand_in)
     log_path = settings.log_dir / f"{workload.key}-{spec.key}.log"
     result.other_cores_before = wait_until_idle(DISTURBED_CORES, settings.idle_wait)
+    processes = min(NUM_WORKERS, len(os.sched_getaffinity(0)))
+    if workload.kind == "cpu":
+        result.core_limits.append(parallel_calls_per_second(cpu_loops, processes))
+    try:
+        _run_server(workload, spec, settings, cpu_loops, result, log_path)
+    finally:
+        if workload.kind == "cpu":
+            result.core_limits.append(parallel_calls_per_second(cpu_loops, processes))
+    return result
+
+
+def _run_server(
+    workload: Workload,
+    spec: ServerSpec,
+    settings: Settings,
+    cpu_loops: int,
+    result: CaseResult,
+    log_path: Path,
+) -> None:
+    """Start the server, check and measure it, and stop it."""
     port = free_port()
 
     with tempfile.TemporaryDirectory(prefix="workgate-bench-") as scratch:
@@ -315,7 +390,7 @@ def run_case(
             )
         except OSError as err:
             result.error = f"could not start {spec.key}: {err}"
-            return result
+            return
 
         try:
             server.wait_ready(port, "/hello", settings.startup_timeout)
@@ -325,4 +400,3 @@ def run_case(
             result.error = f"{err} (server log: {log_path})"
         finally:
             server.stop()
-    return result
