@@ -1,6 +1,8 @@
 """Unit tests of the body conventions in workgate.model."""
 
 import json
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -43,6 +45,36 @@ def test_encode_body_circular_value_raises_value_error():
     looped['a'].append(looped)
     with pytest.raises(ValueError, match='Circular reference detected'):
         encode_body(looped)
+
+
+def test_encode_body_circular_value_with_high_recursion_limit():
+    # Without the circular check the C encoder would recurse until the C
+    # stack overflows (SIGSEGV) before reaching a recursion limit this high.
+    script = (
+        'import sys\n'
+        'sys.setrecursionlimit(100_000)\n'
+        'from workgate.model import encode_body\n'
+        'looped = []\n'
+        'looped.append(looped)\n'
+        'try:\n'
+        '    encode_body(looped)\n'
+        'except ValueError as err:\n'
+        '    print(err)\n'
+    )
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert 'Circular reference detected' in result.stdout
+
+
+def test_encode_body_failure_leaves_no_markers():
+    value = {'inner': [1, 2], 'bad': object()}
+    with pytest.raises(TypeError):
+        encode_body(value)
+    del value['bad']
+    # The failed call was inside `value` when it raised; a marker left
+    # behind would make this look circular.
+    assert encode_body(value) == (b'{"inner":[1,2]}', 'application/json')
 
 
 def test_encode_body_too_deep_value_raises_recursion_error():

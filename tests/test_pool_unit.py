@@ -7,11 +7,12 @@ the way the dispatcher does when responses arrive.
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 
 import workgate
-from workgate.pool import MAX_PREFETCH, _Slot
+from workgate.pool import MAX_PREFETCH, READY, _Slot
 
 
 class IdleWorker(workgate.Worker):
@@ -65,3 +66,45 @@ def test_first_slow_handlers_get_none_ahead():
     pool = observed_pool([0.005] * 3)
 
     assert pool._prefetch_depth() == 1
+
+
+class FakeDispatcher:
+    def __init__(self):
+        self._pending = {}
+
+
+def busy_pool(head_ages: list[float]) -> workgate.WorkerPool:
+    """Return a steady 5 ms pool whose workers run one request each, started this long ago."""
+    pool = workgate.WorkerPool(IdleWorker, num_workers=len(head_ages))
+    recorder = observed_pool([0.005] * 200)
+    pool._handler_time = recorder._handler_time
+    pool._handler_spread = recorder._handler_spread
+    pool._dispatcher = FakeDispatcher()
+    now = time.monotonic()
+    for slot, age in zip(pool._slots, head_ages, strict=True):
+        slot.state = READY
+        slot.inbox.append((0, None))
+        slot.head_since = now - age
+    return pool
+
+
+def test_overdue_worker_gets_nothing_ahead():
+    pool = busy_pool([1.0, 0.001])
+    pool._waiting.extend([(-1, ('first',)), (-1, ('second',))])
+
+    pool._schedule()
+
+    overdue, fresh = pool._slots
+    assert len(overdue.inbox) == 1
+    assert [message for _, message in fresh.inbox] == [None, ('first',)]
+    assert list(pool._waiting) == [(-1, ('second',))]
+
+
+def test_all_workers_overdue_keeps_requests_waiting():
+    pool = busy_pool([1.0, 2.0])
+    pool._waiting.append((-1, ('first',)))
+
+    pool._schedule()
+
+    assert [len(slot.inbox) for slot in pool._slots] == [1, 1]
+    assert len(pool._waiting) == 1

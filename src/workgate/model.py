@@ -15,6 +15,7 @@ Body conventions:
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from json import encoder as json_encoder
 from typing import Any
@@ -61,39 +62,56 @@ def _json_default(value: Any) -> Any:
 _json_encoder = json.JSONEncoder(separators=(',', ':'), default=_json_default)
 
 
-def _make_unchecked_encoder() -> Callable[[Any, int], list] | None:
+# The markers dict of the shared C encoder below. The C encoder adds the id
+# of each list and dict it enters and removes it on the way out, which is how
+# it detects a circular value. Only one thread may use them (_ENCODER_THREAD),
+# one call at a time.
+_markers: dict = {}
+_ENCODER_THREAD = threading.get_ident()
+_encoder_busy = False
+
+
+def _make_shared_encoder() -> Callable[[Any, int], list] | None:
     """Build once the C encoder that JSONEncoder.encode() builds per call.
 
-    It skips the circular reference check (``markers`` is None), so it keeps
-    no state between calls and is safe to share between threads. None when
-    the ``_json`` accelerator is missing or its signature differs.
+    Returns None when the ``_json`` accelerator is missing or its signature
+    differs.
     """
     make = json_encoder.c_make_encoder
     if make is None:
         return None
     encoder = _json_encoder
     try:
-        return make(None, encoder.default, json_encoder.encode_basestring_ascii,
+        return make(_markers, encoder.default, json_encoder.encode_basestring_ascii,
                     encoder.indent, encoder.key_separator, encoder.item_separator,
                     encoder.sort_keys, encoder.skipkeys, encoder.allow_nan)
     except TypeError:
         return None
 
 
-_encode_unchecked = _make_unchecked_encoder()
+_shared_encoder = _make_shared_encoder()
 
 
 def _encode_json(value: Any) -> str:
-    """Encode ``value`` as compact JSON, exactly as ``_json_encoder.encode`` does."""
-    if _encode_unchecked is None:
+    """Encode ``value`` as compact JSON, exactly as ``_json_encoder.encode`` does.
+
+    The thread that imported this module uses the shared C encoder. Other
+    threads, and a call made while that encoder runs (from a ``default``
+    conversion, say), use ``_json_encoder.encode``, which builds its own.
+    """
+    global _encoder_busy
+    if (_shared_encoder is None or _encoder_busy
+            or threading.get_ident() != _ENCODER_THREAD):
         return _json_encoder.encode(value)
+    _encoder_busy = True
     try:
-        return ''.join(_encode_unchecked(value, 0))
-    except RecursionError:
-        # A circular value recurses until the limit. Encode it again with
-        # the check, which raises ValueError('Circular reference detected')
-        # for it, or RecursionError again for a value that is only deep.
-        return _json_encoder.encode(value)
+        return ''.join(_shared_encoder(value, 0))
+    except BaseException:
+        # An error leaves the ids of the containers it was inside.
+        _markers.clear()
+        raise
+    finally:
+        _encoder_busy = False
 
 
 def encode_body(data: Any) -> tuple[bytes | memoryview, str | None]:

@@ -14,11 +14,14 @@ Theory of operation (dispatcher side):
 - How far ahead the pool sends adapts to the pool's handler time (an
   exponential moving average): ``PREFETCH_BUDGET`` seconds of expected work
   per worker, at most ``MAX_PREFETCH`` requests. When handlers are slow,
-  nothing is sent ahead, so a slow request never holds others hostage in a
-  busy worker, unless the handler times are *steady* (their average
-  deviation at most ``STEADY_SPREAD`` of their average). Then one request
+  nothing is sent ahead, so no request waits behind a slow one in a busy
+  worker, unless the handler times are *steady* (their average deviation
+  at most ``STEADY_SPREAD`` of their average). Then one request
   waits ahead in each worker, which runs it as soon as its handler returns
-  instead of idling for a round trip through the dispatcher.
+  instead of idling for a round trip through the dispatcher. Nothing is
+  sent ahead to a worker whose running handler is overdue (see
+  ``OVERDUE_FACTOR``). A request sent ahead together with an unusually long
+  one still waits for it: that is the price of sending ahead.
 - A handler that returned DEFERRED leaves its request *held* by the slot
   (deferred answers and streams) until it is answered.
 - A worker is dead when its process exits (the multiprocessing sentinel
@@ -70,6 +73,13 @@ _EWMA_WEIGHT = 0.05
 # 2-core VM measured 0.05 to 0.3. Short and long handlers mixed in one pool
 # measure near 1.
 STEADY_SPREAD = 0.5
+# A busy worker whose running handler started more than OVERDUE_FACTOR pool
+# averages ago (and at least OVERDUE_MIN seconds ago) is sent nothing ahead:
+# its request may be an unusually long one. The floor keeps scheduling
+# delays of a loaded machine, which reach tens of milliseconds, from
+# counting as overdue in pools of fast handlers.
+OVERDUE_FACTOR = 4
+OVERDUE_MIN = 0.25
 
 # After a worker process exits, wait this long for EOF on its socket (which
 # delivers frames it sent just before dying) before failing its requests.
@@ -722,27 +732,27 @@ class WorkerPool:
             return
         pending = self._dispatcher._pending
         slots = self._slots
-        depth = 0
+        # A busy worker gets requests ahead only while its queue is short
+        # (see _prefetch_depth), and never behind a head that has run far
+        # longer than the pool's handlers usually do.
+        depth = self._prefetch_depth()
+        overdue_since = time.monotonic() - max(OVERDUE_FACTOR * self._handler_time,
+                                               OVERDUE_MIN)
         while waiting:
             best = None
-            fewest = 1 << 30
+            fewest = depth
             for slot in slots:
                 if slot.state is READY and not slot.paused:
                     queued = len(slot.inbox)
-                    if queued < fewest:
+                    if not queued:
+                        best = slot
+                        fewest = 0
+                        break
+                    if queued < fewest and slot.head_since > overdue_since:
                         best = slot
                         fewest = queued
-                        if not queued:
-                            break
             if best is None:
                 return
-            if fewest:
-                # Every worker is busy: send ahead only while the queued work
-                # is short (see _prefetch_depth).
-                if not depth:
-                    depth = self._prefetch_depth()
-                if fewest >= depth:
-                    return
             request_id, message = waiting.popleft()
             if request_id != -1:
                 entry = pending.get(request_id)

@@ -371,6 +371,16 @@ class _BodyReader(asyncio.BufferedProtocol):
 class HttpProtocol(asyncio.Protocol):
     """One client connection: parsing, ordering, limits and writing."""
 
+    # Slots keep an idle connection small: the dispatcher keeps thousands
+    # of them open for event streams.
+    __slots__ = ('dispatcher', 'settings', 'is_secure', 'loop', 'transport', 'parser',
+                 'peer', 'trusted_peer', 'closed', 'queue', 'active', 'parsing', 'url',
+                 'header_bytes', 'header_count', 'body', 'body_size', 'headers_done',
+                 'direct_body', 'open_line', 'deadline', 'deadline_status',
+                 'reading_paused', 'writing_paused', 'drain_waiter', 'close_after',
+                 'requests_served', 'header_timeout', 'keepalive_timeout', 'access_log',
+                 'max_headers', 'max_header_size', '__weakref__')
+
     def __init__(self, dispatcher: Dispatcher, settings: Settings, is_secure: bool):
         self.dispatcher = dispatcher
         self.settings = settings
@@ -598,7 +608,7 @@ class HttpProtocol(asyncio.Protocol):
             if length is not None and length.isdigit() and int(length) > 0:
                 # One buffer of the announced size: the body is copied once.
                 size = int(length)
-                # The request sees its body only after all `size` bytes arrived.
+                # Nothing reads this buffer before all `size` bytes have arrived.
                 self.body = _unfilled_buffer(size)
                 self.direct_body = (size >= _DIRECT_BODY_MIN and not chunked
                                     and not self.is_secure)
@@ -626,7 +636,7 @@ class HttpProtocol(asyncio.Protocol):
         client.raw_path = raw
         if '%' in raw or '.' in raw or '//' in raw or raw[:1] != '/':
             raw = normalize_path(raw)
-        # A NUL can only come from a %00 escape, but the check is cheap.
+        # A %00 escape decodes to NUL, which no path may contain.
         if '\x00' in raw:
             client.error = (400, 'Invalid request target')
             return
