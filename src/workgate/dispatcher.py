@@ -515,14 +515,10 @@ class Dispatcher:
                 self._hook_failed('on_request_accepted', request_id)
         body = client.body
         headers = client.headers
-        protocol = client._protocol
-        message = (messages.REQUEST, request_id, client.method, client.path,
-                   client.query if client.query_string else None,
-                   headers, headers.get('content-type'),
-                   client.remote_address if protocol.trusted_peer else protocol.peer,
-                   context, messages.wrap_body(body) if body else None, None)
-        pool._waiting.append((request_id, message))
-        pool._schedule()
+        message = (messages.REQUEST, request_id, client.method, client.path, client.query,
+                   headers, headers.get('content-type'), client.remote_address, context,
+                   messages.wrap_body(body) if body else None, None)
+        pool._enqueue(request_id, message)
 
     # -- the in-flight table ----------------------------------------------
 
@@ -655,11 +651,7 @@ class Dispatcher:
                 elif ends_handler:
                     self._answer_after_stream(request_id, pending, status)
         if ends_handler:
-            inbox = slot.inbox
-            if inbox and inbox[0][0] == request_id:
-                slot.handler_done(time.monotonic())
-            else:
-                self._on_handler_done(pool, slot, request_id)
+            self._on_handler_done(pool, slot, request_id)
             if pool._waiting:
                 pool._schedule()
 
@@ -686,14 +678,7 @@ class Dispatcher:
     def _complete(self, request_id: int, pending: _PendingRequest, status: int, headers: Any,
                   cookies: Any, body: Any, content_type: str | None) -> None:
         """Send a worker's answer to its client, then fire the hooks."""
-        # The work of _remove_pending, inlined because this runs once per request.
-        del self._pending[request_id]
-        slot = pending.slot
-        if slot is not None:
-            slot.held.pop(request_id, None)
-        self._timeouts[pending.pool].pop(request_id, None)
-        if self._drained is not None and not self._pending and not self._drained.done():
-            self._drained.set_result(None)
+        self._remove_pending(request_id, PENDING_COMPLETED)
         client = pending.client
         try:
             client._protocol.send_response(client, status, headers, cookies, body,

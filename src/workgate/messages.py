@@ -99,7 +99,7 @@ _PROTOCOL = 5
 _READ_CHUNK = 256 * 1024
 # Reads that peek first after FrameReader saw a large buffer, and how much
 # one peek copies. The count bounds the extra recv calls a worker pays after
-# its last large body. 16 KiB holds dozens of small request frames.
+# its last large body. 16 KiB fits dozens of small request frames.
 _PEEK_READS = 32
 _PEEK_SIZE = 16 * 1024
 

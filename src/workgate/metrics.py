@@ -36,7 +36,7 @@ class Metrics:
     def __init__(self) -> None:
         # pool -> counters of the requests that left the in-flight table
         self.pools: dict[str, _PoolCounters] = {}
-        # (pool, status) -> requests answered by the dispatcher before reaching a worker
+        # (pool, status) -> requests the dispatcher responded to before any worker saw them
         self.rejected: collections.Counter = collections.Counter()
         self.streams_opened = 0
         self.static_served = 0

@@ -113,13 +113,11 @@ _TYPE_LINES: dict[str | None, bytes] = {None: b''}
 _HEAD_PREFIXES: dict[tuple[int, str | None], bytes] = {}
 
 
-def _head_prefix(status: int, content_type: str | None) -> bytes:
-    key = (status, content_type)
-    prefix = _HEAD_PREFIXES.get(key)
-    if prefix is None:
-        prefix = _status_line(status, b'1.1') + _content_type_line(content_type)
-        if len(_HEAD_PREFIXES) < 256:
-            _HEAD_PREFIXES[key] = prefix
+def _build_head_prefix(status: int, content_type: str | None) -> bytes:
+    """Build (and cache) the prefix that ``_HEAD_PREFIXES`` does not have yet."""
+    prefix = _status_line(status, b'1.1') + _content_type_line(content_type)
+    if len(_HEAD_PREFIXES) < 256:
+        _HEAD_PREFIXES[(status, content_type)] = prefix
     return prefix
 
 
@@ -354,9 +352,6 @@ class _BodyReader(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.owner.direct_body_received(nbytes)
-
-    def eof_received(self) -> None:
-        return None
 
     def connection_lost(self, exc) -> None:
         self.owner.connection_lost(exc)
@@ -713,12 +708,9 @@ class HttpProtocol(asyncio.Protocol):
             self.close()
         elif self.queue or self.parsing is not None:
             self.next_request()
-        elif self.keepalive_timeout:
-            # Idle now: the keep-alive deadline runs (next_request's tail, inlined).
-            self.deadline = time.monotonic() + self.keepalive_timeout
-            self.deadline_status = 0
         else:
-            self.deadline = 0.0
+            # Idle now, so the keep-alive deadline runs (next_request's tail).
+            self.set_deadline(self.keepalive_timeout, 0)
 
     def fail(self, status: int, message: str, cause: Exception | None = None) -> None:
         """Answer a request the parser rejected, in order, then close."""
@@ -786,7 +778,7 @@ class HttpProtocol(asyncio.Protocol):
             # The common case, without the general builder's loop and list.
             head = b'%scontent-length: %d\r\n%s\r\n' % (
                 _HEAD_PREFIXES.get((status, content_type))
-                or _head_prefix(status, content_type), length, _DateCache.get())
+                or _build_head_prefix(status, content_type), length, _DateCache.get())
         client.responded = True
         client.status = status
         transport = self.transport
