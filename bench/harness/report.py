@@ -61,10 +61,15 @@ def compare(
             continue
 
         if workload.kind == "cpu" and (case.core_limit_rps or calibration is not None):
-            limit = case.core_limit_rps or calibration.core_limit_rps
-            fraction = case.median("requests_per_sec") / limit
+            if case.core_limit_rps:
+                limit = case.core_limit_rps
+                fraction = case.median_core_fraction
+                row.reference = f"of cores' limit (mean {limit:,.0f} req/s, between runs)"
+            else:
+                limit = calibration.core_limit_rps
+                fraction = case.median("requests_per_sec") / limit
+                row.reference = f"of cores' limit ({limit:,.0f} req/s)"
             row.ratio = f"{fraction:.2f}"
-            row.reference = f"of cores' limit ({limit:,.0f} req/s)"
             ratios.append(
                 {
                     "server": case.server,

@@ -2,7 +2,9 @@
 
 A case is one workload against one server: start the server on a free
 port, wait until it returns 200, check one response body, warm up, run wrk
-`repeats` times, and stop the server.
+`repeats` times, and stop the server. The CPU workload starts the server
+once per run instead, and measures the cores' limit before each run and
+after the last, while no server runs.
 """
 
 import hashlib
@@ -112,14 +114,37 @@ class CaseResult:
     # measured run.
     other_cores_before: float | None = None
     other_cores: list[float] = field(default_factory=list)
-    # CPU workload only: the cores' limit measured just before the server
-    # started and just after it stopped (see parallel_calls_per_second).
+    # CPU workload only: the cores' limit measured before each measured run
+    # and after the last one, while no server runs (see run_case and
+    # parallel_calls_per_second).
     core_limits: list[float] = field(default_factory=list)
 
     @property
     def core_limit_rps(self) -> float | None:
         """Return the mean of `core_limits`, or None when none was measured."""
         return statistics.mean(self.core_limits) if self.core_limits else None
+
+    @property
+    def core_fractions(self) -> list[float]:
+        """Return each run's req/s over the mean of the limits on either side.
+
+        The machine's speed drifts within a case, so each run is compared
+        with the limits measured just before and just after it.
+        """
+        limits = self.core_limits
+        fractions = []
+        for index, run in enumerate(self.runs):
+            around = limits[index : index + 2]
+            if run.requests_per_sec is None or not around:
+                continue
+            fractions.append(run.requests_per_sec / statistics.mean(around))
+        return fractions
+
+    @property
+    def median_core_fraction(self) -> float | None:
+        """Return the median of `core_fractions`, or None without limits."""
+        fractions = self.core_fractions
+        return statistics.median(fractions) if fractions else None
 
     @property
     def ok(self) -> bool:
@@ -148,6 +173,8 @@ class CaseResult:
             "other_cores_before": self.other_cores_before,
             "other_cores": self.other_cores,
             "core_limits_rps": self.core_limits,
+            "core_fractions": self.core_fractions,
+            "median_core_fraction": self.median_core_fraction,
             "runs": [run.to_dict() for run in self.runs],
         }
 
@@ -185,8 +212,8 @@ def parallel_calls_per_second(loops: int, processes: int,
 
     This is the cores' limit of the CPU workload: what a server's workers
     would reach if they spent every cycle in the handler. It is measured
-    next to each server's runs because the VM's speed drifts by up to a
-    sixth between minutes.
+    before and after each of a server's runs because the VM's speed drifts
+    by up to a sixth between minutes.
     """
     context = multiprocessing.get_context("fork")
     start = context.Event()
@@ -319,9 +346,14 @@ def check_response(workload: Workload, port: int) -> None:
 
 
 def _measure(
-    workload: Workload, port: int, settings: Settings, server_pid: int, result: CaseResult
+    workload: Workload,
+    port: int,
+    settings: Settings,
+    server_pid: int,
+    result: CaseResult,
+    repeats: int,
 ) -> None:
-    """Warm up, then add `settings.repeats` measured wrk runs to `result`."""
+    """Warm up, then add `repeats` measured wrk runs to `result`."""
     url = f"http://127.0.0.1:{port}{workload.path}"
 
     def run(duration: int) -> WrkResult:
@@ -336,7 +368,7 @@ def _measure(
 
     if settings.warmup > 0:
         run(settings.warmup)
-    for _ in range(settings.repeats):
+    for _ in range(repeats):
         other_load = OtherLoad(server_pid)
         result.runs.append(run(settings.duration))
         result.other_cores.append(other_load.cores())
@@ -358,14 +390,23 @@ def run_case(
     result = CaseResult(server=spec.key, label=spec.label, stand_in=spec.stand_in)
     log_path = settings.log_dir / f"{workload.key}-{spec.key}.log"
     result.other_cores_before = wait_until_idle(DISTURBED_CORES, settings.idle_wait)
+    if workload.kind != "cpu":
+        _run_server(workload, spec, settings, cpu_loops, result, log_path, settings.repeats)
+        return result
+
+    # The CPU workload compares each run with the cores' limit measured just
+    # before and just after it, so the server runs once per measured run
+    # and the limit is measured while no server runs: an idle server can
+    # still use CPU (uhttp-workers 1.8.1 used 0.6 to 1.5 cores in a trial).
     processes = min(NUM_WORKERS, len(os.sched_getaffinity(0)))
-    if workload.kind == "cpu":
+    for number in range(1, settings.repeats + 1):
         result.core_limits.append(parallel_calls_per_second(cpu_loops, processes))
-    try:
-        _run_server(workload, spec, settings, cpu_loops, result, log_path)
-    finally:
-        if workload.kind == "cpu":
-            result.core_limits.append(parallel_calls_per_second(cpu_loops, processes))
+        run_log = log_path.with_name(f"{workload.key}-{spec.key}-run{number}.log")
+        _run_server(workload, spec, settings, cpu_loops, result, run_log, 1)
+        if result.error is not None:
+            break
+    if result.runs:
+        result.core_limits.append(parallel_calls_per_second(cpu_loops, processes))
     return result
 
 
@@ -376,8 +417,9 @@ def _run_server(
     cpu_loops: int,
     result: CaseResult,
     log_path: Path,
+    repeats: int,
 ) -> None:
-    """Start the server, check and measure it, and stop it."""
+    """Start the server, check it, add `repeats` measured runs, and stop it."""
     port = free_port()
 
     with tempfile.TemporaryDirectory(prefix="workgate-bench-") as scratch:
@@ -395,7 +437,7 @@ def _run_server(
         try:
             server.wait_ready(port, "/hello", settings.startup_timeout)
             check_response(workload, port)
-            _measure(workload, port, settings, server.pid, result)
+            _measure(workload, port, settings, server.pid, result, repeats)
         except _CASE_ERRORS as err:
             result.error = f"{err} (server log: {log_path})"
         finally:
