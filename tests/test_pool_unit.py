@@ -108,3 +108,29 @@ def test_all_workers_overdue_keeps_requests_waiting():
 
     assert [len(slot.inbox) for slot in pool._slots] == [1, 1]
     assert len(pool._waiting) == 1
+
+
+def test_take_back_requeues_pending_request():
+    pool = busy_pool([0.001])
+    slot = pool._slots[0]
+    slot.inbox.clear()
+    slot.inbox.append((7, ('seven',)))
+    pool._dispatcher._pending[7] = object()
+
+    pool._take_back(slot, 7)
+
+    assert not slot.inbox
+    assert list(pool._waiting) == [(7, ('seven',))]
+
+
+def test_take_back_drops_request_that_left():
+    # Its client left or it timed out: the in-flight table no longer has it.
+    pool = busy_pool([0.001])
+    slot = pool._slots[0]
+    slot.inbox.clear()
+    slot.inbox.append((8, ('eight',)))
+
+    pool._take_back(slot, 8)
+
+    assert not slot.inbox
+    assert not pool._waiting

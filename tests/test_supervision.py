@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -136,6 +137,64 @@ def test_requests_sent_ahead_survive_a_crash(tmp_path):
         assert sorted(results) == [('/w/pid', 200)] * 4 + [('/w/sleep/0.5', 500)]
         died = events_of(events, 'died')[-1]
         assert len(died['victims']) == 1
+    finally:
+        srv.kill()
+
+
+def _send_ahead_behind_sleep(srv, tag):
+    """Start a 1 s handler, then send GET /w/ran/TAG ahead on a raw socket.
+
+    Returns the thread waiting for the sleep's status and the socket.
+    """
+    with httpx.Client(base_url=srv.url(), timeout=15) as client:
+        for _ in range(200):  # fast handlers teach the pool to send ahead
+            client.get('/w/pid')
+    statuses = []
+    head = threading.Thread(target=lambda: statuses.append(get(srv, '/w/sleep/1').status_code))
+    head.start()
+    assert wait_until(lambda: _held(srv) == 1)
+    sock = socket.create_connection(('127.0.0.1', srv.port))
+    sock.sendall(f'GET /w/ran/{tag} HTTP/1.1\r\nHost: test\r\n\r\n'.encode())
+    assert wait_until(lambda: _pool_status(srv)['workers'][0]['inbox'] == 2), \
+        'the request was not sent ahead to the busy worker'
+    return head, statuses, sock
+
+
+def _ran_tags(srv, events):
+    # Once the worker is idle, so that no timeout can catch it, a last
+    # request runs. Its event follows any event the others wrote.
+    assert wait_until(lambda: _pool_status(srv)['workers'][0]['inbox'] == 0)
+    assert get(srv, '/w/ran/last').status_code == 200
+    return [event['tag'] for event in events_of(events, 'ran')]
+
+
+def test_sent_ahead_skipped_after_disconnect(tmp_path):
+    srv, events = start(tmp_path, WG_WORKERS=1, workers_ready=2)
+    try:
+        head, statuses, sock = _send_ahead_behind_sleep(srv, 'gone')
+        sock.close()
+        head.join(15)
+        assert statuses == [200]
+        removed = [e for e in events_of(events, 'removed') if e['path'] == '/w/ran/gone']
+        assert [e['reason'] for e in removed] == ['DISCONNECTED']
+        assert _ran_tags(srv, events) == ['last']
+    finally:
+        srv.kill()
+
+
+def test_sent_ahead_skipped_after_timeout(tmp_path):
+    srv, events = start(tmp_path, WG_WORKERS=1, workers_ready=2, WG_TIMEOUT=0.5)
+    try:
+        head, statuses, sock = _send_ahead_behind_sleep(srv, 'late')
+        with sock:
+            sock.settimeout(15)
+            answer = sock.recv(4096)
+        assert answer.startswith(b'HTTP/1.1 504 ')
+        head.join(15)
+        assert statuses == [504]
+        removed = [e for e in events_of(events, 'removed') if e['path'] == '/w/ran/late']
+        assert [e['reason'] for e in removed] == ['TIMEOUT']
+        assert _ran_tags(srv, events) == ['last']
     finally:
         srv.kill()
 

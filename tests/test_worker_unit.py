@@ -345,3 +345,56 @@ def test_flush_of_more_buffers_than_one_sendmsg_takes():
         while len(received) < len(sent):
             received.extend(decoder.buffer_updated(dispatcher_side.recv_into(decoder.get_buffer())))
         assert received == sent
+
+
+def request_message(request_id, path='/json'):
+    return (messages.REQUEST, request_id, 'GET', path, None, {}, None, '127.0.0.1:1', None,
+            None, None)
+
+
+class DisconnectRecorder(UnitWorker):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.disconnected = []
+
+    def on_disconnect(self, request_id):
+        self.disconnected.append(request_id)
+
+
+@pytest.fixture
+def recorder():
+    worker_side, dispatcher_side = socket.socketpair()
+    dispatcher_side.setblocking(False)
+    unit = DisconnectRecorder(worker_id=0)
+    unit._channel = _Channel(worker_side)
+    unit._build_routes()
+    unit.dispatcher_side = dispatcher_side
+    yield unit
+    worker_side.close()
+    dispatcher_side.close()
+
+
+@pytest.mark.parametrize('kind', [messages.DISCONNECT, messages.CANCEL])
+def test_batch_hands_back_abandoned_request(recorder, kind):
+    recorder._run_batch([request_message(1), request_message(2), (kind, 2)])
+    frames = frames_sent(recorder)
+    assert [frame[:2] for frame in frames] == [(messages.RESPONSE, 1), (messages.RETURN, 2)]
+    expected = [2] if kind == messages.DISCONNECT else []
+    assert recorder.disconnected == expected
+    assert recorder._abandoned is None
+
+
+def test_batch_disconnect_after_run(recorder):
+    # The DISCONNECT came after the handler ran: the worker only calls the hook.
+    recorder._run_batch([request_message(3)])
+    recorder._run_batch([(messages.DISCONNECT, 3), request_message(4)])
+    frames = frames_sent(recorder)
+    assert [frame[:2] for frame in frames] == [(messages.RESPONSE, 3), (messages.RESPONSE, 4)]
+    assert recorder.disconnected == [3]
+
+
+def test_batch_disconnect_for_other_request(recorder):
+    recorder._run_batch([request_message(5), (messages.DISCONNECT, 99)])
+    frames = frames_sent(recorder)
+    assert [frame[:2] for frame in frames] == [(messages.RESPONSE, 5)]
+    assert recorder.disconnected == [99]

@@ -792,8 +792,12 @@ class Dispatcher:
                 self.log.warning('request %s (%s %s) timed out after %ss in pool %s',
                                  request_id, pending.method, pending.path, pool._timeout,
                                  pool.name)
+                slot = pending.slot
                 self._answer_and_remove(request_id, pending, 504, 'Request timeout',
                                         PENDING_TIMEOUT)
+                if slot is not None and slot.alive:
+                    # If it was sent ahead and has not started, the worker skips it.
+                    slot.send((messages.CANCEL, request_id))
             try:
                 pool._tick(now)
             except Exception:

@@ -26,7 +26,9 @@ Dispatcher to worker:
 REQUEST            (REQUEST, request_id, method, path, query, headers,
                    content_type, remote_address, context, body, data)
 CONFIG             (CONFIG, config)
-DISCONNECT         (DISCONNECT, request_id)
+DISCONNECT         (DISCONNECT, request_id): its client left
+CANCEL             (CANCEL, request_id): the dispatcher answered it
+                   (timeout) and no longer wants it run
 STOP               (STOP,)
 =================  ===================================================
 
@@ -38,8 +40,9 @@ RESPONSE           (RESPONSE, request_id, status, headers, cookies, body,
                    content_type, ends_handler): ends_handler is set on
                    the answer a handler returned, which ends its turn
 READY              (READY, request_id): its handler returned DEFERRED
-RETURN             (RETURN, request_id): a paused worker hands back a
-                   request it had not started
+RETURN             (RETURN, request_id): the worker hands back a
+                   request it had not started, because it is paused or
+                   because a DISCONNECT or CANCEL for it came with it
 HEARTBEAT          (HEARTBEAT,): idle for heartbeat_interval
 KEEPALIVE          (KEEPALIVE, request_id or None)
 LOG                (LOG, name, level, message)
@@ -61,6 +64,7 @@ REQUEST = 1
 CONFIG = 2
 DISCONNECT = 3
 STOP = 4
+CANCEL = 5
 
 HELLO = 10
 RESPONSE = 11

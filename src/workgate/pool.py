@@ -21,7 +21,10 @@ Theory of operation (dispatcher side):
   instead of idling for a round trip through the dispatcher. Nothing is
   sent ahead to a worker whose running handler is overdue (see
   ``OVERDUE_FACTOR``). A request sent ahead together with an unusually long
-  one still waits for it: that is the price of sending ahead.
+  one still waits for it: that is the price of sending ahead. When its
+  client leaves or it times out meanwhile, the worker reads the
+  DISCONNECT or CANCEL together with it and hands it back unstarted
+  (RETURN), and the pool drops it.
 - A handler that returned DEFERRED leaves its request *held* by the slot
   (deferred answers and streams) until it is answered.
 - A worker is dead when its process exits (the multiprocessing sentinel
@@ -624,7 +627,11 @@ class WorkerPool:
             entry.worker_id = None
 
     def _take_back(self, slot: _Slot, request_id: int) -> None:
-        """Re-queue the request a paused worker returned unstarted from its inbox head."""
+        """Take back the unstarted request a worker returned from its inbox head.
+
+        It goes back to the front of the queue, unless it has left the
+        in-flight table (its client left or it timed out) and needs no run.
+        """
         inbox = slot.inbox
         if not inbox or inbox[0][0] != request_id:
             self._dispatcher.log.error('worker %s returned request %s, which is not next in '
@@ -633,7 +640,8 @@ class WorkerPool:
         _, message = inbox.popleft()
         slot.head_since = time.monotonic()
         self._unassign(slot, request_id)
-        self._waiting.appendleft((request_id, message))
+        if request_id == -1 or request_id in self._dispatcher._pending:
+            self._waiting.appendleft((request_id, message))
 
     def _prefetch_depth(self) -> int:
         handler_time = self._handler_time

@@ -6,7 +6,9 @@ Rules this module keeps:
   handler's end is reported (a RESPONSE frame with ``ends_handler`` set, or
   READY after ``DEFERRED``), so the dispatcher always knows which request a
   worker is running and which it sent ahead have not started.
-- A paused worker hands back (RETURN) requests that were sent ahead.
+- A paused worker hands back (RETURN) requests that were sent ahead, and
+  so does any worker for a request whose DISCONNECT or CANCEL arrived in
+  the same read as the request, before its handler started.
 - Deferred and streaming requests may stay open in any number; their
   answers and stream frames go out whenever the worker sends them.
 - The loop multiplexes the dispatcher socket, the user's registered file
@@ -195,6 +197,8 @@ class Worker:
         self._current_request_id: int | None = None
         self._running = True
         self._accepting = True
+        # Request ids that DISCONNECT or CANCEL frames in the running batch name.
+        self._abandoned: set | None = None
 
     # -- identity ---------------------------------------------------------
 
@@ -393,6 +397,11 @@ class Worker:
             # Paused: hand back a request that was sent ahead, unstarted.
             channel.send((messages.RETURN, message[1]))
             return
+        if self._abandoned and message[1] in self._abandoned:
+            # Its client left or it timed out before it started, so it goes
+            # back unrun.
+            channel.send((messages.RETURN, message[1]))
+            return
         request = Request._from_message(message, channel)
         request_id = request.request_id
         self._current_request_id = request_id
@@ -422,6 +431,8 @@ class Worker:
             self._call_hook(self.on_config, message[1])
         elif kind == messages.DISCONNECT:
             self._call_hook(self.on_disconnect, message[1])
+        elif kind == messages.CANCEL:
+            pass  # Only _run_batch reads CANCEL, to skip the request it names.
         elif kind == messages.STOP:
             self._running = False
 
@@ -475,14 +486,34 @@ class Worker:
         channel = self._channel
         channel.batching = True
         channel.batch_started = time.monotonic()
+        if len(received) > 1:
+            self._abandoned = _abandoned_ids(received)
         try:
             for message in received:
                 self._on_message(message)
                 if not self._running:
                     break
         finally:
+            self._abandoned = None
             channel.batching = False
             channel.flush()
+
+
+def _abandoned_ids(received: list) -> set | None:
+    """Return the ids that DISCONNECT or CANCEL frames in ``received`` name, or None.
+
+    A request sent ahead waits in the socket while the handler before it
+    runs. When its client leaves meanwhile, the DISCONNECT arrives behind
+    it, and the worker usually reads both at once when that handler ends.
+    """
+    ids = None
+    for message in received:
+        kind = message[0]
+        if kind == messages.DISCONNECT or kind == messages.CANCEL:
+            if ids is None:
+                ids = set()
+            ids.add(message[1])
+    return ids
 
 
 def _response_fields(request_id: int, result: Any) -> tuple:

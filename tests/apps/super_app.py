@@ -67,6 +67,11 @@ class SuperWorker(_workers.Worker):
         time.sleep(request.path_params['seconds'])
         return {'worker': self.worker_id, 'pid': os.getpid()}
 
+    @_workers.api('/w/ran/{tag}', 'GET')
+    def ran(self, request):
+        record('ran', tag=request.path_params['tag'])
+        return {'ran': request.path_params['tag']}
+
     @_workers.api('/w/exit/{code:int}', 'GET')
     def exit(self, request):
         os._exit(request.path_params['code'])
