@@ -73,6 +73,13 @@ class FakeDispatcher:
         self._pending = {}
 
 
+class FakeEntry:
+    """A held request as the pool tracks it: the slot and worker it was given to."""
+
+    slot = None
+    worker_id = None
+
+
 def busy_pool(head_ages: list[float]) -> workgate.WorkerPool:
     """Return a steady 5 ms pool whose workers run one request each, started this long ago."""
     pool = workgate.WorkerPool(IdleWorker, num_workers=len(head_ages))
@@ -134,3 +141,56 @@ def test_take_back_drops_request_that_left():
 
     assert not slot.inbox
     assert not pool._waiting
+
+
+class ReadCount:
+    """Stands in for the counter a worker keeps in shared memory."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def test_requeue_unstarted_keeps_read_requests():
+    pool = busy_pool([0.001])
+    slot = pool._slots[0]
+    slot.inbox.clear()
+    slot.inbox.extend([(1, ('one',)), (2, ('two',)), (3, ('three',)), (4, ('four',))])
+    slot.held.update({1: FakeEntry(), 2: FakeEntry(), 3: FakeEntry(), 4: FakeEntry()})
+    # Ten requests were sent; the six before these four ended. The worker
+    # read nine, so requests 1 to 3 may have started.
+    slot.sent = 10
+    slot.read_count = ReadCount(9)
+
+    pool._requeue_unstarted(slot)
+
+    assert sorted(slot.held) == [1, 2, 3]
+    assert list(pool._waiting) == [(4, ('four',))]
+
+
+def test_requeue_unstarted_head_not_read_yet():
+    pool = busy_pool([0.001])
+    slot = pool._slots[0]
+    slot.inbox.clear()
+    slot.inbox.extend([(1, ('one',)), (2, ('two',))])
+    slot.held.update({1: FakeEntry(), 2: FakeEntry()})
+    slot.sent = 2
+    slot.read_count = ReadCount(0)
+
+    pool._requeue_unstarted(slot)
+
+    # The head counts as started in any case.
+    assert sorted(slot.held) == [1]
+    assert list(pool._waiting) == [(2, ('two',))]
+
+
+def test_requeue_unstarted_without_count():
+    pool = busy_pool([0.001])
+    slot = pool._slots[0]
+    slot.inbox.clear()
+    slot.inbox.extend([(1, ('one',)), (2, ('two',))])
+    slot.held.update({1: FakeEntry(), 2: FakeEntry()})
+
+    pool._requeue_unstarted(slot)
+
+    assert sorted(slot.held) == [1]
+    assert list(pool._waiting) == [(2, ('two',))]

@@ -111,6 +111,10 @@ def _queued(server):
     return _pool_status(server)['queue_size']
 
 
+def _inbox(server):
+    return _pool_status(server)['workers'][0]['inbox']
+
+
 def test_requests_sent_ahead_survive_a_crash(tmp_path):
     srv, events = start(tmp_path, WG_WORKERS=1, workers_ready=2)
     try:
@@ -195,6 +199,44 @@ def test_sent_ahead_skipped_after_timeout(tmp_path):
         removed = [e for e in events_of(events, 'removed') if e['path'] == '/w/ran/late']
         assert [e['reason'] for e in removed] == ['TIMEOUT']
         assert _ran_tags(srv, events) == ['last']
+    finally:
+        srv.kill()
+
+
+def test_crash_in_batch_runs_nothing_twice(tmp_path):
+    # Two requests wait ahead behind a 1 s handler. The worker reads them in
+    # one batch, runs the first and dies in the second. The first response
+    # was still in the worker's buffer, so both fail, and neither may run
+    # again on the new worker.
+    srv, events = start(tmp_path, WG_WORKERS=1, workers_ready=2)
+    try:
+        with httpx.Client(base_url=srv.url(), timeout=15) as client:
+            for _ in range(200):  # fast handlers teach the pool to send ahead
+                client.get('/w/pid')
+        results = []
+
+        def call(path):
+            results.append((path, get(srv, path).status_code))
+
+        head = threading.Thread(target=call, args=('/w/sleep/1',))
+        head.start()
+        assert wait_until(lambda: _held(srv) == 1)
+        batch = []
+        for inbox, path in ((2, '/w/ran/first'), (3, '/w/exit/7')):
+            thread = threading.Thread(target=call, args=(path,))
+            thread.start()
+            batch.append(thread)
+            assert wait_until(lambda inbox=inbox: _inbox(srv) == inbox), \
+                f'{path} was not sent ahead to the busy worker'
+        for thread in [head, *batch]:
+            thread.join(15)
+        assert sorted(results) == [('/w/exit/7', 500), ('/w/ran/first', 500),
+                                   ('/w/sleep/1', 200)]
+        assert srv.wait_log(r'died \(exit code 7, 2 victims\)')
+        srv.wait_ready(3)
+        assert get(srv, '/w/pid').status_code == 200
+        assert len(events_of(events, 'died')) == 1
+        assert [event['tag'] for event in events_of(events, 'ran')] == ['first']
     finally:
         srv.kill()
 

@@ -356,9 +356,16 @@ class DisconnectRecorder(UnitWorker):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.disconnected = []
+        self.seen_while_running = None
 
     def on_disconnect(self, request_id):
         self.disconnected.append(request_id)
+
+    @api('/peek', 'GET')
+    def peek(self, request):
+        # What the dispatcher could read while this handler runs.
+        self.seen_while_running = frames_sent(self)
+        return {'peeked': True}
 
 
 @pytest.fixture
@@ -391,6 +398,32 @@ def test_batch_disconnect_after_run(recorder):
     frames = frames_sent(recorder)
     assert [frame[:2] for frame in frames] == [(messages.RESPONSE, 3), (messages.RESPONSE, 4)]
     assert recorder.disconnected == [3]
+
+
+def test_batch_return_sent_before_next_handler(recorder):
+    recorder._run_batch([request_message(2), request_message(3, '/peek'),
+                         (messages.DISCONNECT, 2)])
+    seen = [frame[:2] for frame in recorder.seen_while_running]
+    assert seen == [(messages.RETURN, 2)]
+    assert [frame[:2] for frame in frames_sent(recorder)] == [(messages.RESPONSE, 3)]
+
+
+class ReadCount:
+    """Stands in for the shared counter the pool gives each worker."""
+
+    value = 0
+
+
+def test_batch_counts_requests_read(recorder):
+    recorder._read_count = ReadCount()
+    recorder._run_batch([request_message(5), request_message(6, '/peek'),
+                         (messages.DISCONNECT, 99)])
+    # Counted before any handler ran, while the responses still wait.
+    assert recorder.seen_while_running == []
+    assert recorder._read_count.value == 2
+    recorder._run_batch([request_message(7)])
+    recorder._run_batch([(messages.DISCONNECT, 7)])
+    assert recorder._read_count.value == 3
 
 
 def test_batch_disconnect_for_other_request(recorder):

@@ -28,8 +28,9 @@ Theory of operation (dispatcher side):
 - A handler that returned DEFERRED leaves its request *held* by the slot
   (deferred answers and streams) until it is answered.
 - A worker is dead when its process exits (the multiprocessing sentinel
-  becomes readable). Its victims (held requests plus the inbox head, which
-  may have started) are failed only after its socket reached EOF or a short
+  becomes readable). Its victims (held requests plus the inbox head and
+  the requests the worker had read with it, any of which may have
+  started) are failed only after its socket reached EOF or a short
   grace period passed, so an answer it sent just before dying is still
   delivered. The rest of its inbox never started: it goes back to the front
   of the waiting queue, so no request is lost. A paused worker returns the
@@ -154,7 +155,8 @@ class _Slot:
     __slots__ = ('pool', 'index', 'process', 'pid', 'connection', 'state',
                  'inbox', 'head_since', 'held', 'paused', 'last_seen', 'started_at',
                  'restarts', 'exitcode', 'exited', 'eof', 'kill_reason',
-                 'grace_handle', 'startup_failures', 'out', 'flush_scheduled')
+                 'grace_handle', 'startup_failures', 'out', 'flush_scheduled', 'sent',
+                 'read_count')
 
     def __init__(self, pool: WorkerPool, index: int):
         self.pool = pool
@@ -178,6 +180,10 @@ class _Slot:
         self.startup_failures = 0
         self.out: list = []
         self.flush_scheduled = False
+        # REQUEST frames sent to the current process, and the count of
+        # those it has read, which the worker keeps in shared memory.
+        self.sent = 0
+        self.read_count = None
 
     @property
     def label(self) -> str:
@@ -471,12 +477,13 @@ class WorkerPool:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
             except OSError:
                 pass
+        read_count = self._context.RawValue('Q', 0)
         process = self._context.Process(
             target=worker_main,
             name=f'workgate:{self._name}[{slot.index}]',
             args=(self._worker_class, slot.index, self._name, child_sock,
                   self._heartbeat_interval, self._log_level, self._memory_limit_mb,
-                  self._kwargs))
+                  self._kwargs, read_count))
         try:
             process.start()
         except Exception as err:
@@ -494,6 +501,8 @@ class WorkerPool:
             self._alive += 1
         slot.state = STARTING
         slot.inbox.clear()
+        slot.sent = 0
+        slot.read_count = read_count
         slot.out = []
         slot.paused = False
         slot.exited = False
@@ -612,9 +621,18 @@ class WorkerPool:
         self._restart(slot)
 
     def _requeue_unstarted(self, slot: _Slot) -> None:
-        """Put a dead worker's never-started requests back at the queue's front."""
+        """Put a dead worker's never-started requests back at the queue's front.
+
+        The head, and every request the worker had read with it, may have
+        started: a worker sends the responses of the requests it read
+        together only after the last of them. Those stay held and become victims.
+        """
         inbox = slot.inbox
-        unstarted = list(inbox)[1:]
+        started = 1
+        if slot.read_count is not None:
+            # The inbox contains the last len(inbox) requests sent, in order.
+            started = max(1, slot.read_count.value - (slot.sent - len(inbox)))
+        unstarted = list(inbox)[started:]
         inbox.clear()
         for request_id, message in reversed(unstarted):
             self._unassign(slot, request_id)
@@ -773,6 +791,7 @@ class WorkerPool:
                 best.head_since = time.monotonic()
             best.inbox.append((request_id, message))
             best.send(message)
+            best.sent += 1
 
     def _stop(self, timeout: float) -> asyncio.Future:
         """Ask every worker to stop; the future ends when all are gone."""

@@ -75,8 +75,11 @@ class _Channel:
     """The worker's end of its socketpair: blocking sends of whole frames.
 
     While the worker runs a batch of requests that arrived together, frames
-    are collected and sent with one ``sendmsg``; a frame waits at most
-    ``_BATCH_DELAY`` seconds, and ``flush=True`` (keep_alive) sends at once.
+    are collected and sent with one ``sendmsg``: when the batch ends, or
+    with the first frame queued more than ``_BATCH_DELAY`` seconds after
+    the batch began or its last send. So a response can wait for the
+    handlers after it in its batch. ``flush=True`` (keep_alive, RETURN)
+    sends at once.
     """
 
     def __init__(self, sock: socket.socket):
@@ -199,6 +202,8 @@ class Worker:
         self._accepting = True
         # Request ids that DISCONNECT or CANCEL frames in the running batch name.
         self._abandoned: set | None = None
+        # Shared with the dispatcher: REQUEST frames read so far (see _run_batch).
+        self._read_count = None
 
     # -- identity ---------------------------------------------------------
 
@@ -393,14 +398,16 @@ class Worker:
 
     def _run_request(self, message: tuple) -> None:
         channel = self._channel
+        # A RETURN goes out at once: until it arrives, the dispatcher takes
+        # the returned request for the one this worker runs.
         if not self._accepting:
             # Paused: hand back a request that was sent ahead, unstarted.
-            channel.send((messages.RETURN, message[1]))
+            channel.send((messages.RETURN, message[1]), flush=True)
             return
         if self._abandoned and message[1] in self._abandoned:
             # Its client left or it timed out before it started, so it goes
             # back unrun.
-            channel.send((messages.RETURN, message[1]))
+            channel.send((messages.RETURN, message[1]), flush=True)
             return
         request = Request._from_message(message, channel)
         request_id = request.request_id
@@ -487,7 +494,15 @@ class Worker:
         channel.batching = True
         channel.batch_started = time.monotonic()
         if len(received) > 1:
-            self._abandoned = _abandoned_ids(received)
+            requests, self._abandoned = _scan_batch(received)
+        else:
+            requests = 1 if received[0][0] == messages.REQUEST else 0
+        if requests and self._read_count is not None:
+            # The responses of this batch go out together at its end, so any
+            # of its requests may start before the dispatcher learns that
+            # the earlier ones ended. Should this worker die, the dispatcher
+            # reads this count and runs none of them again elsewhere.
+            self._read_count.value += requests
         try:
             for message in received:
                 self._on_message(message)
@@ -499,21 +514,27 @@ class Worker:
             channel.flush()
 
 
-def _abandoned_ids(received: list) -> set | None:
-    """Return the ids that DISCONNECT or CANCEL frames in ``received`` name, or None.
+def _scan_batch(received: list) -> tuple[int, set | None]:
+    """Count the REQUEST frames in ``received`` and collect the ids that
+    DISCONNECT or CANCEL frames name (None when there are none).
 
     A request sent ahead waits in the socket while the handler before it
     runs. When its client leaves meanwhile, the DISCONNECT arrives behind
     it, and the worker usually reads both at once when that handler ends.
+    A request body of 64 KiB or more is read on its own, so a frame behind
+    it comes in the next read and that request still runs.
     """
+    requests = 0
     ids = None
     for message in received:
         kind = message[0]
-        if kind == messages.DISCONNECT or kind == messages.CANCEL:
+        if kind == messages.REQUEST:
+            requests += 1
+        elif kind == messages.DISCONNECT or kind == messages.CANCEL:
             if ids is None:
                 ids = set()
             ids.add(message[1])
-    return ids
+    return requests, ids
 
 
 def _response_fields(request_id: int, result: Any) -> tuple:
@@ -563,7 +584,7 @@ def _apply_memory_limit(worker: Worker, limit_mb: Any) -> None:
 
 def worker_main(worker_class: type[Worker], worker_id: int, pool_name: str,
                 sock: socket.socket, heartbeat_interval: float, log_level: int,
-                memory_limit_mb: Any, kwargs: dict) -> None:
+                memory_limit_mb: Any, kwargs: dict, read_count: Any = None) -> None:
     """Entry point of a worker process (runs in the child)."""
     try:
         os.setpgid(0, 0)
@@ -590,6 +611,7 @@ def worker_main(worker_class: type[Worker], worker_id: int, pool_name: str,
                       LOG_CRITICAL, f'worker __init__ failed:\n{traceback.format_exc()}'))
         sys.exit(EXIT_SETUP_FAILED)
     worker._channel = channel
+    worker._read_count = read_count
     worker.log.name = worker._format_log_name()
     _apply_memory_limit(worker, memory_limit_mb)
 
