@@ -32,8 +32,14 @@ def test_core_fractions_limits_around_run():
 
 
 def test_core_fractions_case_cut_short():
-    # The server failed after its first run: one run, one limit after it
-    # was never measured.
+    # The second server start failed: run_case measured a limit before it
+    # and one more after the loop, so the one run keeps both neighbours.
+    case = _case([300.0], [400.0, 200.0, 500.0])
+    assert case.core_fractions == pytest.approx([300 / 300])
+
+
+def test_core_fractions_missing_limit_after():
+    # Not produced by run_case; a hand-edited result may lack a limit.
     case = _case([300.0], [400.0])
     assert case.core_fractions == pytest.approx([0.75])
 

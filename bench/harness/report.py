@@ -66,6 +66,7 @@ def compare(
                 fraction = case.median_core_fraction
                 row.reference = f"of cores' limit (mean {limit:,.0f} req/s, between runs)"
             else:
+                # Only for results without measured limits (older JSON files).
                 limit = calibration.core_limit_rps
                 fraction = case.median("requests_per_sec") / limit
                 row.reference = f"of cores' limit ({limit:,.0f} req/s)"

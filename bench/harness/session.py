@@ -169,7 +169,7 @@ def _time_again(calibration: Calibration) -> None:
     print(
         f"CPU time per call after the workload: {calibration.per_call_ms_after:.2f} ms; "
         f"limit from one process's CPU time per call: {calibration.core_limit_rps:,.0f} req/s "
-        f"(each row uses the limit measured next to it)"
+        f"(each row uses the limits measured around its runs)"
     )
 
 

@@ -110,8 +110,8 @@ class CaseResult:
     runs: list[WrkResult] = field(default_factory=list)
     error: str | None = None
     # Cores' worth of CPU used by programs other than wrk and the server:
-    # in the last second before the server started, and during each
-    # measured run.
+    # in the last second before the case's first server started, and
+    # during each measured run.
     other_cores_before: float | None = None
     other_cores: list[float] = field(default_factory=list)
     # CPU workload only: the cores' limit measured before each measured run
@@ -395,9 +395,9 @@ def run_case(
         return result
 
     # The CPU workload compares each run with the cores' limit measured just
-    # before and just after it, so the server runs once per measured run
-    # and the limit is measured while no server runs: an idle server can
-    # still use CPU (uhttp-workers 1.8.1 used 0.6 to 1.5 cores in a trial).
+    # before and just after it, so the server runs once per measured run.
+    # No server runs while the limit is measured, because an idle server
+    # can still use CPU (uhttp-workers 1.8.1 used 0.6 to 1.5 cores in a trial).
     processes = min(NUM_WORKERS, len(os.sched_getaffinity(0)))
     for number in range(1, settings.repeats + 1):
         result.core_limits.append(parallel_calls_per_second(cpu_loops, processes))
