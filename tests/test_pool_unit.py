@@ -150,12 +150,20 @@ class ReadCount:
         self.value = value
 
 
-def test_requeue_unstarted_keeps_read_requests():
+def slot_holding(entries):
+    """Return a busy one-worker pool and its slot, holding ``entries`` in its inbox."""
     pool = busy_pool([0.001])
     slot = pool._slots[0]
     slot.inbox.clear()
-    slot.inbox.extend([(1, ('one',)), (2, ('two',)), (3, ('three',)), (4, ('four',))])
-    slot.held.update({1: FakeEntry(), 2: FakeEntry(), 3: FakeEntry(), 4: FakeEntry()})
+    for request_id, message in entries:
+        slot.inbox.append((request_id, message))
+        slot.held[request_id] = FakeEntry()
+    return pool, slot
+
+
+def test_requeue_unstarted_keeps_read_requests():
+    pool, slot = slot_holding([(1, ('one',)), (2, ('two',)), (3, ('three',)),
+                               (4, ('four',))])
     # Ten requests were sent; the six before these four ended. The worker
     # read nine, so requests 1 to 3 may have started.
     slot.sent = 10
@@ -168,11 +176,7 @@ def test_requeue_unstarted_keeps_read_requests():
 
 
 def test_requeue_unstarted_head_not_read_yet():
-    pool = busy_pool([0.001])
-    slot = pool._slots[0]
-    slot.inbox.clear()
-    slot.inbox.extend([(1, ('one',)), (2, ('two',))])
-    slot.held.update({1: FakeEntry(), 2: FakeEntry()})
+    pool, slot = slot_holding([(1, ('one',)), (2, ('two',))])
     slot.sent = 2
     slot.read_count = ReadCount(0)
 
@@ -184,11 +188,7 @@ def test_requeue_unstarted_head_not_read_yet():
 
 
 def test_requeue_unstarted_without_count():
-    pool = busy_pool([0.001])
-    slot = pool._slots[0]
-    slot.inbox.clear()
-    slot.inbox.extend([(1, ('one',)), (2, ('two',))])
-    slot.held.update({1: FakeEntry(), 2: FakeEntry()})
+    pool, slot = slot_holding([(1, ('one',)), (2, ('two',))])
 
     pool._requeue_unstarted(slot)
 

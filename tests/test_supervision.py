@@ -115,12 +115,17 @@ def _inbox(server):
     return _pool_status(server)['workers'][0]['inbox']
 
 
+def _teach_send_ahead(server):
+    """Run 200 fast requests, so that the pool sends requests ahead."""
+    with httpx.Client(base_url=server.url(), timeout=15) as client:
+        for _ in range(200):
+            client.get('/w/pid')
+
+
 def test_requests_sent_ahead_survive_a_crash(tmp_path):
     srv, events = start(tmp_path, WG_WORKERS=1, workers_ready=2)
     try:
-        with httpx.Client(base_url=srv.url(), timeout=15) as client:
-            for _ in range(200):  # fast handlers teach the pool to send ahead
-                client.get('/w/pid')
+        _teach_send_ahead(srv)
         results = []
 
         def call(path):
@@ -150,24 +155,21 @@ def _send_ahead_behind_sleep(srv, tag):
 
     Returns the thread waiting for the sleep's status and the socket.
     """
-    with httpx.Client(base_url=srv.url(), timeout=15) as client:
-        for _ in range(200):  # fast handlers teach the pool to send ahead
-            client.get('/w/pid')
+    _teach_send_ahead(srv)
     statuses = []
     head = threading.Thread(target=lambda: statuses.append(get(srv, '/w/sleep/1').status_code))
     head.start()
     assert wait_until(lambda: _held(srv) == 1)
     sock = socket.create_connection(('127.0.0.1', srv.port))
     sock.sendall(f'GET /w/ran/{tag} HTTP/1.1\r\nHost: test\r\n\r\n'.encode())
-    assert wait_until(lambda: _pool_status(srv)['workers'][0]['inbox'] == 2), \
-        'the request was not sent ahead to the busy worker'
+    assert wait_until(lambda: _inbox(srv) == 2), 'the request was not sent ahead to the busy worker'
     return head, statuses, sock
 
 
 def _ran_tags(srv, events):
     # Once the worker is idle, so that no timeout can catch it, a last
     # request runs. Its event follows any event the others wrote.
-    assert wait_until(lambda: _pool_status(srv)['workers'][0]['inbox'] == 0)
+    assert wait_until(lambda: _inbox(srv) == 0)
     assert get(srv, '/w/ran/last').status_code == 200
     return [event['tag'] for event in events_of(events, 'ran')]
 
@@ -210,9 +212,7 @@ def test_crash_in_batch_runs_nothing_twice(tmp_path):
     # again on the new worker.
     srv, events = start(tmp_path, WG_WORKERS=1, workers_ready=2)
     try:
-        with httpx.Client(base_url=srv.url(), timeout=15) as client:
-            for _ in range(200):  # fast handlers teach the pool to send ahead
-                client.get('/w/pid')
+        _teach_send_ahead(srv)
         results = []
 
         def call(path):

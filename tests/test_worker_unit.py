@@ -115,17 +115,22 @@ class UnitWorker(Worker):
         return {'id': request.path_params['id'], 'params': sorted(request.path_params)}
 
 
-@pytest.fixture
-def worker():
+def worker_on_socketpair(worker_class):
+    """Yield a worker whose channel ends at its ``dispatcher_side`` socket."""
     worker_side, dispatcher_side = socket.socketpair()
     dispatcher_side.setblocking(False)
-    unit = UnitWorker(worker_id=0)
+    unit = worker_class(worker_id=0)
     unit._channel = _Channel(worker_side)
     unit._build_routes()
     unit.dispatcher_side = dispatcher_side
     yield unit
     worker_side.close()
     dispatcher_side.close()
+
+
+@pytest.fixture
+def worker():
+    yield from worker_on_socketpair(UnitWorker)
 
 
 def frames_sent(worker):
@@ -140,10 +145,13 @@ def frames_sent(worker):
         received.extend(decoder.buffer_updated(count))
 
 
+def request_message(request_id, path='/json', method='GET', headers=None):
+    return (messages.REQUEST, request_id, method, path, None, headers or {}, None,
+            '127.0.0.1:1', None, None, None)
+
+
 def run(worker, path, method='GET', headers=None, request_id=7):
-    message = (messages.REQUEST, request_id, method, path, None, headers or {}, None,
-               '127.0.0.1:1', None, None, None)
-    worker._run_request(message)
+    worker._run_request(request_message(request_id, path, method, headers))
     return frames_sent(worker)
 
 
@@ -289,8 +297,7 @@ def test_paused_worker_returns_the_request(worker):
 
 
 def test_batch_sends_every_response_in_order(worker):
-    message_list = [(messages.REQUEST, request_id, 'GET', '/json', None, {}, None,
-                     '127.0.0.1:1', None, None, None) for request_id in range(1, 51)]
+    message_list = [request_message(request_id) for request_id in range(1, 51)]
     worker._run_batch(message_list)
     frames = frames_sent(worker)
     assert [frame[1] for frame in frames] == list(range(1, 51))
@@ -347,11 +354,6 @@ def test_flush_of_more_buffers_than_one_sendmsg_takes():
         assert received == sent
 
 
-def request_message(request_id, path='/json'):
-    return (messages.REQUEST, request_id, 'GET', path, None, {}, None, '127.0.0.1:1', None,
-            None, None)
-
-
 class DisconnectRecorder(UnitWorker):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -370,15 +372,7 @@ class DisconnectRecorder(UnitWorker):
 
 @pytest.fixture
 def recorder():
-    worker_side, dispatcher_side = socket.socketpair()
-    dispatcher_side.setblocking(False)
-    unit = DisconnectRecorder(worker_id=0)
-    unit._channel = _Channel(worker_side)
-    unit._build_routes()
-    unit.dispatcher_side = dispatcher_side
-    yield unit
-    worker_side.close()
-    dispatcher_side.close()
+    yield from worker_on_socketpair(DisconnectRecorder)
 
 
 @pytest.mark.parametrize('kind', [messages.DISCONNECT, messages.CANCEL])

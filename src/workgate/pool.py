@@ -22,7 +22,7 @@ Theory of operation (dispatcher side):
   sent ahead to a worker whose running handler is overdue (see
   ``OVERDUE_FACTOR``). A request sent ahead together with an unusually long
   one still waits for it: that is the price of sending ahead. When its
-  client leaves or it times out meanwhile, the worker reads the
+  client leaves or it times out meanwhile, the worker usually reads the
   DISCONNECT or CANCEL together with it and hands it back unstarted
   (RETURN), and the pool drops it.
 - A handler that returned DEFERRED leaves its request *held* by the slot

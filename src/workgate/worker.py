@@ -4,8 +4,10 @@ Rules this module keeps:
 
 - One handler runs at a time, in the order the requests arrived. Each
   handler's end is reported (a RESPONSE frame with ``ends_handler`` set, or
-  READY after ``DEFERRED``), so the dispatcher always knows which request a
-  worker is running and which it sent ahead have not started.
+  READY after ``DEFERRED``), so the dispatcher tracks which request a worker
+  is running and which it sent ahead have not started. Within a batch the
+  reports go out together at its end, so the worker also counts the
+  requests it has read in memory shared with the dispatcher.
 - A paused worker hands back (RETURN) requests that were sent ahead, and
   so does any worker for a request whose DISCONNECT or CANCEL arrived in
   the same read as the request, before its handler started.
@@ -398,8 +400,8 @@ class Worker:
 
     def _run_request(self, message: tuple) -> None:
         channel = self._channel
-        # A RETURN goes out at once: until it arrives, the dispatcher takes
-        # the returned request for the one this worker runs.
+        # A RETURN goes out at once, because until it arrives the dispatcher
+        # treats the returned request as the one this worker runs.
         if not self._accepting:
             # Paused: hand back a request that was sent ahead, unstarted.
             channel.send((messages.RETURN, message[1]), flush=True)
@@ -515,12 +517,12 @@ class Worker:
 
 
 def _scan_batch(received: list) -> tuple[int, set | None]:
-    """Count the REQUEST frames in ``received`` and collect the ids that
-    DISCONNECT or CANCEL frames name (None when there are none).
+    """Return the count of REQUEST frames in ``received`` and the ids it cancels.
 
-    A request sent ahead waits in the socket while the handler before it
-    runs. When its client leaves meanwhile, the DISCONNECT arrives behind
-    it, and the worker usually reads both at once when that handler ends.
+    The ids are those DISCONNECT and CANCEL frames name, or None. A request
+    sent ahead waits in the socket while the handler before it runs. When
+    its client leaves meanwhile, the DISCONNECT arrives behind it, and the
+    worker usually reads both at once when that handler ends.
     A request body of 64 KiB or more is read on its own, so a frame behind
     it comes in the next read and that request still runs.
     """
