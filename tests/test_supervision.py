@@ -151,13 +151,13 @@ def test_requests_sent_ahead_survive_a_crash(tmp_path):
 
 
 def _send_ahead_behind_sleep(srv, tag):
-    """Start a 1 s handler, then send GET /w/ran/TAG ahead on a raw socket.
+    """Start a 2 s handler, then send GET /w/ran/TAG ahead on a raw socket.
 
     Returns the thread waiting for the sleep's status and the socket.
     """
     _teach_send_ahead(srv)
     statuses = []
-    head = threading.Thread(target=lambda: statuses.append(get(srv, '/w/sleep/1').status_code))
+    head = threading.Thread(target=lambda: statuses.append(get(srv, '/w/sleep/2').status_code))
     head.start()
     assert wait_until(lambda: _held(srv) == 1)
     sock = socket.create_connection(('127.0.0.1', srv.port))
@@ -179,10 +179,17 @@ def test_sent_ahead_skipped_after_disconnect(tmp_path):
     try:
         head, statuses, sock = _send_ahead_behind_sleep(srv, 'gone')
         sock.close()
+
+        def removed():
+            return [e for e in events_of(events, 'removed') if e['path'] == '/w/ran/gone']
+
+        assert wait_until(removed)
+        # The DISCONNECT must reach the worker's socket while the handler
+        # before it still runs, or the worker reads it too late.
+        assert head.is_alive(), 'the handler ended before the dispatcher saw the disconnect'
         head.join(15)
         assert statuses == [200]
-        removed = [e for e in events_of(events, 'removed') if e['path'] == '/w/ran/gone']
-        assert [e['reason'] for e in removed] == ['DISCONNECTED']
+        assert [e['reason'] for e in removed()] == ['DISCONNECTED']
         assert _ran_tags(srv, events) == ['last']
     finally:
         srv.kill()
